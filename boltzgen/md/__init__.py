@@ -1,0 +1,1 @@
+"""Reference molecular dynamics with OpenMM: resumable multi-replica runs and their data format."""

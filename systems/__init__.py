@@ -1,0 +1,63 @@
+"""Ready-made systems: ``load(name)`` returns a `MolecularSystem` (or a `ToySystem` for toys).
+
+>>> from boltzgen import systems
+>>> systems.available()          # doctest: +SKIP
+>>> ad2 = systems.load("alanine_dipeptide_implicit")
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from boltzgen.systems.molecular_system import MolecularSystem, ToySystem
+
+
+def _alanine_dipeptide_implicit(**options):
+    from boltzgen.systems.alanine_dipeptide import alanine_dipeptide
+
+    return alanine_dipeptide(implicit=True, **options)
+
+
+def _alanine_dipeptide_vacuum(**options):
+    from boltzgen.systems.alanine_dipeptide import alanine_dipeptide
+
+    return alanine_dipeptide(implicit=False, **options)
+
+
+def _double_well(**options):
+    from boltzgen.systems.toys import double_well
+
+    return double_well(**options)
+
+
+def _muller_brown(**options):
+    from boltzgen.systems.toys import muller_brown
+
+    return muller_brown(**options)
+
+
+_REGISTRY: dict[str, Callable[..., MolecularSystem | ToySystem]] = {
+    "alanine_dipeptide_implicit": _alanine_dipeptide_implicit,
+    "alanine_dipeptide_vacuum": _alanine_dipeptide_vacuum,
+    "double_well": _double_well,
+    "muller_brown": _muller_brown,
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, **options) -> MolecularSystem | ToySystem:
+    """Build the ready-made system ``name`` (see :func:`available`); options go to its builder."""
+    try:
+        builder = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown system {name!r}; available systems: {', '.join(available())}"
+        ) from None
+    return builder(**options)
+
+
+__all__ = ["MolecularSystem", "ToySystem", "available", "load"]
