@@ -1,5 +1,30 @@
 """Flow layers: the `Flow` contract, compositions, and the layers built on it."""
 
 from boltzgen.flows.base import Flow, InverseFlow, SequentialFlow
+from boltzgen.flows.conditioners import ConditionerFeatures, MLPConditioner
+from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
+from boltzgen.flows.internal_coordinates import InternalCoordinateTransform
+from boltzgen.flows.shifts import CircularShift
+from boltzgen.flows.spline_stack import coupling_stack, spline_coupling_layer
+from boltzgen.flows.splines import RationalQuadraticSpline, circular_spline, interval_spline
+from boltzgen.flows.zmatrix import ZMatrix
 
-__all__ = ["Flow", "InverseFlow", "SequentialFlow"]
+__all__ = [
+    "Flow",
+    "InverseFlow",
+    "SequentialFlow",
+    # coupling layers and rational-quadratic splines
+    "CircularShift",
+    "ConditionerFeatures",
+    "CouplingLayer",
+    "ElementwiseTransformer",
+    "MLPConditioner",
+    "RationalQuadraticSpline",
+    "circular_spline",
+    "coupling_stack",
+    "interval_spline",
+    "spline_coupling_layer",
+    # internal coordinates (Z-matrix) for molecules
+    "InternalCoordinateTransform",
+    "ZMatrix",
+]

@@ -1,0 +1,317 @@
+"""Monotone rational-quadratic spline transformers on [0, 1] (Durkan et al. 2019, via nflows).
+
+Two element-wise maps f: [0, 1] -> [0, 1] with f(0) = 0 and f(1) = 1, built on
+:func:`nflows.transforms.splines.rational_quadratic.rational_quadratic_spline`:
+
+- :func:`interval_spline` for interval variables (bonds, angles): K bins, K + 1 free knot
+  derivatives; ``3K + 1`` unnormalised parameters per variable. Inputs are clamped into [0, 1]
+  (values further than ``tolerance`` outside raise a ValueError: such a point has zero density).
+- :func:`circular_spline` for circle variables (torsions) represented in [0, 1): the derivative at
+  1 is tied to the derivative at 0, so the map is a C¹ diffeomorphism of the circle; ``3K``
+  parameters per variable. Inputs are taken modulo 1, outputs are returned in [0, 1).
+
+Parameter layout along the last axis: K unnormalised bin widths, K unnormalised bin heights, then
+the unnormalised knot derivatives (K + 1 for the interval, K for the circle). Widths and heights go
+through a softmax (with minimum ``min_bin_width`` / ``min_bin_height``), derivatives through
+``min_derivative + softplus``. All zeros for widths/heights and ``log(exp(1 - min_derivative) - 1)``
+for derivatives give the identity map (:func:`identity_spline_parameters`).
+
+:class:`RationalQuadraticSpline` packages both as an
+:class:`~boltzgen.flows.coupling.ElementwiseTransformer` with a per-variable circular flag.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
+
+from boltzgen.flows.coupling import ElementwiseTransformer
+
+DEFAULT_MIN_BIN_WIDTH = 1e-3
+DEFAULT_MIN_BIN_HEIGHT = 1e-3
+DEFAULT_MIN_DERIVATIVE = 1e-3
+#: How far outside [0, 1] an interval input may lie (rounding) before it is an error.
+DEFAULT_INTERVAL_TOLERANCE = 1e-4
+
+
+def n_spline_parameters(n_bins: int, circular: bool) -> int:
+    """Unnormalised parameters per variable: ``3K`` (circular) or ``3K + 1`` (interval)."""
+    return 3 * n_bins if circular else 3 * n_bins + 1
+
+
+def identity_derivative_parameter(min_derivative: float = DEFAULT_MIN_DERIVATIVE) -> float:
+    """The unnormalised knot derivative that gives derivative 1: ``log(exp(1 - min_d) - 1)``."""
+    return math.log(math.expm1(1.0 - min_derivative))
+
+
+def identity_spline_parameters(
+    n_bins: int,
+    circular: bool,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Parameters ``[n_spline_parameters(n_bins, circular)]`` of the identity spline.
+
+    (In float32 the derivative constant is rounded: the identity then holds to ~1e-7.)
+    """
+    params = torch.zeros(n_spline_parameters(n_bins, circular), dtype=dtype)
+    params[2 * n_bins :] = identity_derivative_parameter(min_derivative)
+    return params
+
+
+def _bins_from_parameter_count(n_params: int, circular: bool) -> int:
+    n_bins, remainder = divmod(n_params - (0 if circular else 1), 3)
+    if remainder != 0 or n_bins < 1:
+        kind = "3K (circular)" if circular else "3K + 1 (interval)"
+        raise ValueError(
+            f"a spline needs {kind} parameters per variable for K >= 1 bins, got {n_params}"
+        )
+    return n_bins
+
+
+def _check_spline_inputs(
+    x: torch.Tensor, params: torch.Tensor, circular: bool, tolerance: float
+) -> None:
+    """Shape checks and one combined value check (a single device sync)."""
+    if x.dim() != 2 or params.dim() != 3 or params.shape[:2] != x.shape:
+        raise ValueError(
+            f"spline inputs must be [B, D] with parameters [B, D, n_params], got "
+            f"{list(x.shape)} and {list(params.shape)}"
+        )
+    if circular:
+        bad_inputs = ~torch.isfinite(x)
+    else:
+        bad_inputs = ~((x >= -tolerance) & (x <= 1 + tolerance))
+    bad_params = ~torch.isfinite(params)
+    if bool(bad_inputs.any() | bad_params.any()):
+        if bad_inputs.any():
+            bad = x[bad_inputs]
+            where = "finite" if circular else f"in [0, 1] (tolerance {tolerance:g})"
+            raise ValueError(
+                f"spline inputs must be {where}; {bad.numel()} are not, e.g. {bad[:5].tolist()}"
+            )
+        raise ValueError(
+            "spline parameters are not finite (non-finite conditioner input or diverged training)"
+        )
+
+
+def _apply_nflows_spline(
+    x: torch.Tensor,
+    widths: torch.Tensor,
+    heights: torch.Tensor,
+    derivatives: torch.Tensor,
+    inverse: bool,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.numel() == 0:  # nflows cannot take an empty batch
+        return x.clone(), torch.zeros_like(x)
+    return rational_quadratic_spline(
+        inputs=x,
+        unnormalized_widths=widths,
+        unnormalized_heights=heights,
+        unnormalized_derivatives=derivatives,
+        inverse=inverse,
+        left=0.0,
+        right=1.0,
+        bottom=0.0,
+        top=1.0,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+    )
+
+
+def interval_spline(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    inverse: bool = False,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    tolerance: float = DEFAULT_INTERVAL_TOLERANCE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monotone RQ spline of [0, 1] onto itself with free boundary derivatives.
+
+    Args:
+        x: inputs ``[B, D]`` in [0, 1] (values within ``tolerance`` outside are clamped).
+        params: unnormalised parameters ``[B, D, 3K + 1]``.
+        inverse: apply f^-1 instead of f.
+
+    Returns:
+        ``(y [B, D], log_derivative [B, D])`` with ``log_derivative = log |dy/dx|`` of the map
+        applied (``-log f'(x)`` for the inverse).
+    """
+    _check_spline_inputs(x, params, circular=False, tolerance=tolerance)
+    n_bins = _bins_from_parameter_count(params.shape[-1], circular=False)
+    x = x.clamp(0.0, 1.0)
+    return _apply_nflows_spline(
+        x,
+        params[..., :n_bins],
+        params[..., n_bins : 2 * n_bins],
+        params[..., 2 * n_bins :],
+        inverse,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
+    )
+
+
+def circular_spline(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    inverse: bool = False,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monotone RQ spline on the circle [0, 1) with f(0) = 0 and f'(0) = f'(1).
+
+    Args:
+        x: inputs ``[B, D]``, any finite values; taken modulo 1.
+        params: unnormalised parameters ``[B, D, 3K]`` (derivative at 1 tied to the one at 0).
+        inverse: apply f^-1 instead of f.
+
+    Returns:
+        ``(y [B, D] in [0, 1), log_derivative [B, D])`` as for :func:`interval_spline`.
+    """
+    _check_spline_inputs(x, params, circular=True, tolerance=0.0)
+    n_bins = _bins_from_parameter_count(params.shape[-1], circular=True)
+    derivatives = params[..., 2 * n_bins :]
+    derivatives = torch.cat([derivatives, derivatives[..., :1]], dim=-1)
+    y, log_derivative = _apply_nflows_spline(
+        torch.remainder(x, 1.0),
+        params[..., :n_bins],
+        params[..., n_bins : 2 * n_bins],
+        derivatives,
+        inverse,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
+    )
+    # f(1) = 1 is the point 0 of the circle (and remainder can round a tiny negative x up to 1).
+    return torch.remainder(y, 1.0), log_derivative
+
+
+def _circular_flags(circular: Union[Sequence[bool], torch.Tensor]) -> torch.Tensor:
+    flags = torch.as_tensor(circular)
+    if flags.dim() != 1 or flags.numel() == 0:
+        raise ValueError(f"circular must be a non-empty 1-D sequence of flags, got {circular!r}")
+    if flags.dtype != torch.bool:
+        if not ((flags == 0) | (flags == 1)).all():
+            raise ValueError(f"circular must contain booleans, got {flags.tolist()}")
+        flags = flags.bool()
+    return flags
+
+
+class RationalQuadraticSpline(ElementwiseTransformer):
+    """Element-wise RQ splines on [0, 1], circular or interval per variable.
+
+    Args:
+        circular: ``[dim]`` flags, True for circle variables (see :func:`circular_spline`),
+            False for interval variables (:func:`interval_spline`).
+        n_bins: number of bins K.
+        min_bin_width, min_bin_height, min_derivative: lower bounds, as in nflows.
+        tolerance: how far outside [0, 1] interval inputs may lie before it is an error.
+
+    Parameters per sample (``n_params``): the interval variables' ``[n_interval, 3K + 1]`` block,
+    flattened, followed by the circle variables' ``[n_circular, 3K]`` block; each block in
+    increasing variable index.
+    """
+
+    def __init__(
+        self,
+        circular: Union[Sequence[bool], torch.Tensor],
+        n_bins: int = 8,
+        min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+        min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+        min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+        tolerance: float = DEFAULT_INTERVAL_TOLERANCE,
+    ):
+        super().__init__()
+        flags = _circular_flags(circular)
+        if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
+            raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+        if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
+            raise ValueError("min_bin_width and min_bin_height times n_bins must be below 1")
+        if not min_derivative > 0:
+            raise ValueError(f"min_derivative must be positive, got {min_derivative!r}")
+        self.dim = int(flags.numel())
+        self.n_bins = int(n_bins)
+        self.min_bin_width = float(min_bin_width)
+        self.min_bin_height = float(min_bin_height)
+        self.min_derivative = float(min_derivative)
+        self.tolerance = float(tolerance)
+        self.register_buffer("circular_dims", torch.nonzero(flags).flatten())
+        self.register_buffer("interval_dims", torch.nonzero(~flags).flatten())
+        n_interval, n_circular = self.interval_dims.numel(), self.circular_dims.numel()
+        self.n_interval_params = n_interval * n_spline_parameters(self.n_bins, circular=False)
+        self.n_params = self.n_interval_params + n_circular * n_spline_parameters(
+            self.n_bins, circular=True
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, circular={self.circular_dims.numel()}, n_bins={self.n_bins}, "
+            f"n_params={self.n_params}"
+        )
+
+    def identity_parameters(self) -> torch.Tensor:
+        """Parameters ``[n_params]`` of the identity map."""
+        interval = identity_spline_parameters(self.n_bins, False, self.min_derivative)
+        circle = identity_spline_parameters(self.n_bins, True, self.min_derivative)
+        return torch.cat(
+            [interval.repeat(self.interval_dims.numel()), circle.repeat(self.circular_dims.numel())]
+        )
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, dim]``, ``params [B, n_params]`` -> ``(y [B, dim], log f'(x) [B, dim])``."""
+        return self._transform(x, params, inverse=False)
+
+    def inverse(self, y: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y [B, dim]``, ``params [B, n_params]`` -> ``(x [B, dim], -log f'(x) [B, dim])``."""
+        return self._transform(y, params, inverse=True)
+
+    def _transform(self, inputs: torch.Tensor, params: torch.Tensor, inverse: bool):
+        if inputs.dim() != 2 or inputs.shape[1] != self.dim:
+            raise ValueError(f"expected inputs [batch, {self.dim}], got {list(inputs.shape)}")
+        if params.shape != (inputs.shape[0], self.n_params):
+            raise ValueError(
+                f"expected parameters [{inputs.shape[0]}, {self.n_params}], "
+                f"got {list(params.shape)}"
+            )
+        batch = inputs.shape[0]
+        bounds = dict(
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        outputs = torch.zeros_like(inputs)
+        log_derivative = torch.zeros_like(inputs)
+        if self.interval_dims.numel() > 0:
+            interval_params = params[:, : self.n_interval_params].reshape(
+                batch, self.interval_dims.numel(), n_spline_parameters(self.n_bins, circular=False)
+            )
+            out, ld = interval_spline(
+                inputs[:, self.interval_dims],
+                interval_params,
+                inverse=inverse,
+                tolerance=self.tolerance,
+                **bounds,
+            )
+            outputs = outputs.index_copy(1, self.interval_dims, out)
+            log_derivative = log_derivative.index_copy(1, self.interval_dims, ld)
+        if self.circular_dims.numel() > 0:
+            circle_params = params[:, self.n_interval_params :].reshape(
+                batch, self.circular_dims.numel(), n_spline_parameters(self.n_bins, circular=True)
+            )
+            out, ld = circular_spline(
+                inputs[:, self.circular_dims], circle_params, inverse=inverse, **bounds
+            )
+            outputs = outputs.index_copy(1, self.circular_dims, out)
+            log_derivative = log_derivative.index_copy(1, self.circular_dims, ld)
+        return outputs, log_derivative
