@@ -19,15 +19,22 @@ def available_platform_names() -> list[str]:
     return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
 
 
-def get_platform(name: str) -> openmm.Platform:
-    """The OpenMM platform called ``name``; a ValueError listing the available ones if there is none."""
+def canonical_platform_name(name: str) -> str:
+    """The registered spelling of platform ``name`` (case-insensitive); ValueError listing the
+    available platforms if there is none."""
     available = available_platform_names()
-    if name not in available:
-        raise ValueError(
-            f"unknown OpenMM platform {name!r}; available platforms: {', '.join(available)} "
-            f"(or 'auto' to pick the fastest by measurement)"
-        )
-    return openmm.Platform.getPlatformByName(name)
+    for candidate in available:
+        if candidate.lower() == str(name).lower():
+            return candidate
+    raise ValueError(
+        f"unknown OpenMM platform {name!r}; available platforms: {', '.join(available)} "
+        f"(or 'auto' to pick the fastest by measurement)"
+    )
+
+
+def get_platform(name: str) -> openmm.Platform:
+    """The OpenMM platform called ``name`` (case-insensitive); ValueError if there is none."""
+    return openmm.Platform.getPlatformByName(canonical_platform_name(name))
 
 
 def context_properties(

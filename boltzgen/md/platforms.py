@@ -10,36 +10,15 @@ import time
 
 import numpy as np
 
+from boltzgen.energy.openmm_platforms import available_platform_names, context_properties, get_platform
+
 #: The value of ``--platform`` that picks the fastest platform by a short measurement.
 AUTO = "auto"
 
 
-def available_platforms() -> list[str]:
-    """Names of the OpenMM platforms installed here, e.g. ``["Reference", "CPU"]``."""
-    import openmm
-
-    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-
-
 def platform_properties(name: str) -> dict[str, str]:
-    """Context properties used for platform ``name`` (one thread on CPU; none elsewhere)."""
-    return {"Threads": "1"} if name == "CPU" else {}
-
-
-def check_platform(name: str) -> str:
-    """Return the canonical platform name for ``name`` (case-insensitive); ValueError if absent."""
-    names = available_platforms()
-    for candidate in names:
-        if candidate.lower() == str(name).lower():
-            return candidate
-    raise ValueError(f"unknown OpenMM platform {name!r}; available here: {', '.join(names)} (or {AUTO!r})")
-
-
-def get_platform(name: str):
-    """The ``openmm.Platform`` called ``name``."""
-    import openmm
-
-    return openmm.Platform.getPlatformByName(check_platform(name))
+    """Context properties for one replica on platform ``name`` (one thread on CPU)."""
+    return context_properties(name, None, single_threaded=True)
 
 
 def measure_steps_per_second(
@@ -86,7 +65,7 @@ def fastest_platform(openmm_system, positions_nm: np.ndarray, temperature_K: flo
     """
     speeds = {
         name: measure_steps_per_second(openmm_system, positions_nm, temperature_K, name, timestep_fs=timestep_fs)
-        for name in available_platforms()
+        for name in available_platform_names()
     }
     best = max(speeds, key=speeds.get)
     if speeds[best] <= 0:

@@ -22,7 +22,8 @@ import numpy as np
 
 from boltzgen.errors import BoltzgenError
 from boltzgen.md.config import ReplicaSeeds
-from boltzgen.md.platforms import get_platform, platform_properties
+from boltzgen.energy.openmm_platforms import get_platform
+from boltzgen.md.platforms import platform_properties
 from boltzgen.md.replica_store import ReplicaStore
 
 #: Energy minimisation before warm-up: stop when the RMS force is below this (kJ/mol/nm).

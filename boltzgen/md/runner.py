@@ -28,9 +28,11 @@ from boltzgen.errors import BoltzgenError
 from boltzgen.io import exclusive_lock, read_json, write_json_atomic, write_text_atomic
 from boltzgen.md.config import MDConfig, new_run_seed
 from boltzgen.md.metadata import run_metadata, utc_now
-from boltzgen.md.platforms import AUTO, check_platform, fastest_platform
+from boltzgen.energy.openmm_platforms import canonical_platform_name
+from boltzgen.md.platforms import AUTO, fastest_platform
 from boltzgen.md.replica import ReplicaTask
 from boltzgen.md.sessions import SessionRecord
+from boltzgen.md.start import StartStructure, read_start_structure
 from boltzgen.md.storage import RunDirectory, remove_work_areas, write_merged, write_topology_pdb
 from boltzgen.md.summary import run_summary
 from boltzgen.md.workers import run_replicas_in_processes
@@ -94,13 +96,15 @@ def _check_directory_is_ours(run: RunDirectory) -> None:
         )
 
 
-def _resolve_config(run: RunDirectory, requested: dict[str, Any], system) -> MDConfig:
+def _resolve_config(run: RunDirectory, requested: dict[str, Any], system, start_positions_nm: np.ndarray) -> MDConfig:
     """The config of this run: the stored one when resuming (must match the request), else a new one.
 
     ``requested["seed"]`` None means "the stored seed, or a fresh random one";
-    ``requested["platform"]`` ``"auto"`` means "the stored platform, or the fastest one here".
+    ``requested["platform"]`` ``"auto"`` means "the stored platform, or the fastest one here"
+    (measured from ``start_positions_nm``, [N, 3] nm).
     """
-    stored = MDConfig.from_dict(read_json(run.run_json)["config"]) if run.run_json.exists() else None
+    stored_run = read_json(run.run_json) if run.run_json.exists() else None
+    stored = MDConfig.from_dict(stored_run["config"]) if stored_run else None
     values = dict(requested)
     if values["seed"] is None:
         values["seed"] = stored.seed if stored else new_run_seed()
@@ -108,11 +112,14 @@ def _resolve_config(run: RunDirectory, requested: dict[str, Any], system) -> MDC
         values["platform"] = (
             stored.platform
             if stored
-            else fastest_platform(system.openmm_system, system.positions, system.temperature, timestep_fs=values["timestep_fs"])
+            else fastest_platform(system.openmm_system, start_positions_nm, system.temperature, timestep_fs=values["timestep_fs"])
         )
     config = MDConfig(**values)
     if stored is not None:
         differences = config.differences(stored)
+        if config.start_sha256 != stored.start_sha256:
+            stored_start = stored_run["metadata"].get("start_structure") or {}
+            differences.append(f"it started from {stored_start.get('file') or 'the system positions'}")
         if differences:
             raise BoltzgenError(
                 f"{run.root} holds an MD run with other settings: {'; '.join(differences)}. "
@@ -121,14 +128,19 @@ def _resolve_config(run: RunDirectory, requested: dict[str, Any], system) -> MDC
     return config
 
 
-def _initialise_directory(run: RunDirectory, config: MDConfig, system) -> None:
-    """Write system.xml, topology.pdb and (last, as the marker of a run) run.json."""
+def _initialise_directory(run: RunDirectory, config: MDConfig, system, start: StartStructure | None) -> None:
+    """Write system.xml, topology.pdb (at the starting positions) and (last, as the marker of a run) run.json."""
     import openmm
 
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.system_xml, openmm.XmlSerializer.serialize(system.openmm_system))
-    write_topology_pdb(run.topology_pdb, system.topology, system.positions)
-    write_json_atomic(run.run_json, {"config": config.to_dict(), "metadata": run_metadata(config, system)})
+    write_topology_pdb(run.topology_pdb, system.topology, _start_positions(system, start))
+    write_json_atomic(run.run_json, {"config": config.to_dict(), "metadata": run_metadata(config, system, start)})
+
+
+def _start_positions(system, start: StartStructure | None) -> np.ndarray:
+    """Where the replicas start: the file's positions, or the system's own; [N, 3] float64 nm."""
+    return np.asarray(system.positions if start is None else start.positions_nm, dtype=np.float64)
 
 
 def _replica_tasks(
@@ -195,6 +207,7 @@ def run_md(
     n_workers: int | None = None,
     quiet: bool = False,
     system_options: dict | None = None,
+    start: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
     frames_per_chunk: int = 100,
     chunk_seconds: float = 30.0,
@@ -216,6 +229,10 @@ def run_md(
         n_workers: processes at once (default: min(pending replicas, cores)).
         quiet: no progress bar.
         system_options: options for the system builder (when ``system`` is a name).
+        start: a single-frame structure file (PDB, or any file mdtraj reads) with the system's
+            atoms in the system's order; the replicas start from it (minimised, warmed up)
+            instead of from the system's positions. Its name and SHA-256 go into the metadata;
+            its SHA-256 is one of the run's settings (see `boltzgen.md.start`).
         log: receives one-line messages for the user (resuming, seed, platform); None: silent.
         frames_per_chunk, chunk_seconds: a replica commits after this many frames or seconds.
         max_frames_this_session: each replica stops after this many new frames (for tests and
@@ -224,7 +241,9 @@ def run_md(
     Raises:
         BoltzgenError: a toy or periodic system, settings differing from those stored in
             ``out_dir``, a foreign ``out_dir``, or another process writing into it.
-        ValueError: an unknown system, platform, or invalid settings.
+        ValueError: an unknown system, platform, or invalid settings; an unreadable ``start``
+            file or one whose atoms differ from the system's.
+        FileNotFoundError: ``start`` does not exist.
         KeyboardInterrupt: after the replicas committed their frames (resumable).
     """
     log = log or (lambda message: None)
@@ -234,18 +253,21 @@ def run_md(
         raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
     system_options = dict(system_options or {})
     system = _load_molecular_system(system, system_options)
+    start_structure = None if start is None else read_start_structure(start, system)
+    start_positions = _start_positions(system, start_structure)
     requested = {
         "system": system.name,
         "ns": float(ns),
         "n_replicas": int(n_replicas),
         "seed": None if seed is None else int(seed),
-        "platform": AUTO if str(platform).lower() == AUTO else check_platform(platform),
+        "platform": AUTO if str(platform).lower() == AUTO else canonical_platform_name(platform),
         "temperature_K": float(system.temperature),
         "friction_per_ps": float(system.friction_per_ps if friction_per_ps is None else friction_per_ps),
         "timestep_fs": float(timestep_fs),
         "frame_interval_ps": float(frame_interval_ps),
         "warmup_steps": int(warmup_steps),
         "system_options": system_options,
+        "start_sha256": None if start_structure is None else start_structure.sha256,
     }
     MDConfig(**{**requested, "seed": requested["seed"] or 0})  # validate before touching the disk
     run = RunDirectory(out_dir)
@@ -253,14 +275,15 @@ def run_md(
     run.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(run.lock_file, what=f"MD output directory {run.root}"):
         resuming = run.run_json.exists()
-        config = _resolve_config(run, requested, system)
+        config = _resolve_config(run, requested, system, start_positions)
         frames_total = config.n_frames * config.n_replicas
         if run.is_finished():
             remove_work_areas(run)
             return MDRunResult("already finished", run.root, frames_total, frames_total, read_json(run.summary_json))
         if not resuming:
-            _initialise_directory(run, config, system)
-            log(f"seed {config.seed}, platform {config.platform}")
+            _initialise_directory(run, config, system, start_structure)
+            start_text = f", start {start_structure.path.name}" if start_structure is not None else ""
+            log(f"seed {config.seed}, platform {config.platform}{start_text}")
         frames_done = [
             run.replica_store(r).read_progress(with_checkpoint=False).frames_done or 0 for r in range(config.n_replicas)
         ]
@@ -271,7 +294,7 @@ def run_md(
         session = SessionRecord(run.sessions_json, workers)
         if pending:
             tasks = _replica_tasks(
-                run, config, system.positions, pending, frames_per_chunk, chunk_seconds, max_frames_this_session
+                run, config, start_positions, pending, frames_per_chunk, chunk_seconds, max_frames_this_session
             )
             with progress_bar(
                 total=frames_total, initial=sum(frames_done), desc=f"MD {config.system}", unit="frame", quiet=quiet
