@@ -54,17 +54,20 @@ def wasserstein2_1d(a, b) -> float:
     return float(np.sqrt(np.sum(dt * (qa - qb) ** 2)))
 
 
-def energy_w2(u_generated, u_reference, log_w=None, n: int = 10_000, seed: int = 0) -> float:
+def energy_w2(
+    u_generated, u_reference, log_w=None, n: int = 10_000, seed: int = 0, reference_log_w=None
+) -> float:
     """E-W2 (kT): generated energies resampled by ``log_w`` to ``n`` samples vs up to ``n`` reference.
 
-    Non-finite generated energies carry no weight (pass their log weights as -inf).
+    Non-finite generated energies carry no weight (pass their log weights as -inf). Weighted
+    reference frames (``reference_log_w``) are resampled by weight in the same way.
     """
     u_generated = np.asarray(u_generated, dtype=np.float64).reshape(-1)
     u_reference = np.asarray(u_reference, dtype=np.float64).reshape(-1)
     if log_w is None and not np.isfinite(u_generated).all():
         log_w = np.where(np.isfinite(u_generated), 0.0, -np.inf)
     gen = u_generated[representative_indices(log_w, u_generated.size, n, seed)]
-    ref = u_reference[representative_indices(None, u_reference.size, n, seed + 1)]
+    ref = u_reference[representative_indices(reference_log_w, u_reference.size, n, seed + 1)]
     return wasserstein2_1d(gen, ref)
 
 
@@ -81,7 +84,9 @@ def torus_cost_matrix(a, b) -> np.ndarray:
     return cost
 
 
-def torsion_w2(angles_generated, angles_reference, log_w=None, n: int = 10_000, seed: int = 0) -> float:
+def torsion_w2(
+    angles_generated, angles_reference, log_w=None, n: int = 10_000, seed: int = 0, reference_log_w=None
+) -> float:
     """T-W2 (radians): exact OT (POT's network simplex) between resampled generated and reference torsions.
 
     Args:
@@ -89,13 +94,14 @@ def torsion_w2(angles_generated, angles_reference, log_w=None, n: int = 10_000, 
         angles_reference: ``[M, k]`` reference torsions; up to ``n`` are used.
         log_w: log weights of the generated samples (resampled to ``n``), or None (then up
             to ``n`` samples are used as they are).
+        reference_log_w: log weights of the reference frames (resampled to ``n``), or None.
     """
     import ot
 
     gen = np.asarray(angles_generated, dtype=np.float64)
     ref = np.asarray(angles_reference, dtype=np.float64)
     gen = gen[representative_indices(log_w, gen.shape[0], n, seed)]
-    ref = ref[representative_indices(None, ref.shape[0], n, seed + 1)]
+    ref = ref[representative_indices(reference_log_w, ref.shape[0], n, seed + 1)]
     cost = torus_cost_matrix(gen, ref)
     a = np.full(gen.shape[0], 1.0 / gen.shape[0])
     b = np.full(ref.shape[0], 1.0 / ref.shape[0])

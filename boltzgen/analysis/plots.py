@@ -83,11 +83,15 @@ def energy_histograms(u_reference, u_generated, log_w, path, bins: int = 80) -> 
     edges = np.linspace(lo - 0.2 * span, hi + 0.5 * span, bins + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(u_reference, bins=edges, density=True, histtype="step", label="reference MD")
-    ax.hist(u_generated[finite], bins=edges, density=True, histtype="step", label="generator")
-    if log_w is not None:
+    shown = finite & (u_generated >= edges[0]) & (u_generated <= edges[-1])
+    # density=True divides by the mass inside the range: plot only what has mass there
+    if shown.any():
+        ax.hist(u_generated[shown], bins=edges, density=True, histtype="step", label="generator")
+    if log_w is not None and shown.any():
         w = _weights(log_w, len(u_generated))
-        ax.hist(u_generated[finite], bins=edges, weights=w[finite], density=True, histtype="step",
-                label="generator, reweighted")
+        if w[shown].sum() > 0:
+            ax.hist(u_generated[shown], bins=edges, weights=w[shown], density=True, histtype="step",
+                    label="generator, reweighted")
     ax.set_xlabel("reduced energy (kT)")
     ax.set_ylabel("density")
     ax.legend()

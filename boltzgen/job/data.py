@@ -1,0 +1,75 @@
+"""Training and reference data of the job: the shipped reference set or a `boltzgen md` run.
+
+Frames are split at random (seeded) into a training set (at most ``max_train_frames``) and a
+held-out set used for the validation NLL and as the reference ensemble of the metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MolecularData:
+    """Configurations with their energies.
+
+    Attributes:
+        positions: ``[F, 3N]`` float32, nm.
+        reduced_energy: ``[F]`` float64, kT.
+        source: where the frames came from (for summary.json).
+    """
+
+    positions: np.ndarray
+    reduced_energy: np.ndarray
+    source: str
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.positions.shape[0])
+
+    def subset(self, index: np.ndarray) -> "MolecularData":
+        return MolecularData(self.positions[index], self.reduced_energy[index], self.source)
+
+
+def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = None) -> MolecularData:
+    """Frames of ``system_name``: from ``data_dir`` (a `boltzgen md` output) or the shipped reference.
+
+    Raises ValueError naming the problem when the data do not belong to the system.
+    """
+    if data_dir is not None:
+        from boltzgen.md import load_trajectory
+
+        trajectory = load_trajectory(data_dir)
+        positions = np.asarray(trajectory.positions, dtype=np.float32)
+        if positions.shape[-2] != n_atoms:
+            raise ValueError(f"{data_dir} holds {positions.shape[-2]} atoms, {system_name} has {n_atoms}")
+        system_in_file = trajectory.metadata.get("system")
+        if system_in_file not in (None, system_name):
+            raise ValueError(f"{data_dir} was simulated for system {system_in_file!r}, not {system_name!r}")
+        return MolecularData(
+            positions.reshape(-1, 3 * n_atoms),
+            np.asarray(trajectory.reduced_energy, dtype=np.float64).reshape(-1),
+            f"boltzgen md run in {Path(data_dir)}",
+        )
+    from boltzgen.systems import reference_data
+
+    reference = reference_data(system_name)
+    return MolecularData(
+        np.asarray(reference.positions_flat(), dtype=np.float32),
+        np.asarray(reference.reduced_energy, dtype=np.float64),
+        f"shipped reference data of {system_name}",
+    )
+
+
+def split_frames(n_frames: int, max_train_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (seeded) train / held-out index split: at most ``max_train_frames`` and at most
+    80% of the frames for training, the rest held out."""
+    if n_frames < 10:
+        raise ValueError(f"need at least 10 frames of data, got {n_frames}")
+    order = np.random.default_rng(seed).permutation(n_frames)
+    n_train = min(max_train_frames, int(0.8 * n_frames))
+    return np.sort(order[:n_train]), np.sort(order[n_train:])

@@ -1,0 +1,165 @@
+"""The main job, ``boltzgen run``: train a Boltzmann generator for a molecule, sample, reweight, analyse.
+
+Steps: load the data (shipped reference or a `boltzgen md` run) -> split train / held-out ->
+build the internal-coordinate spline flow -> train (NLL, then NLL + reverse KL) with atomic,
+resumable checkpoints -> draw samples with importance weights -> ESS, dF(phi > 0 vs phi < 0) with
+bootstrap errors, phi profile, E-W2, T-W2 against held-out frames -> plots, ``model.pt`` and
+``summary.json`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import platform as python_platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+import boltzgen
+from boltzgen.analysis.free_energy import FreeEnergyProfile
+from boltzgen.device import select_device
+from boltzgen.io import write_json_atomic
+from boltzgen.job.data import load_data, split_frames
+from boltzgen.job.evaluate import evaluate
+from boltzgen.job.model import build_molecular_generator, in_support
+from boltzgen.job.profiles import RunProfile, get_profile
+from boltzgen.train import Trainer, TrainerConfig, TrainingStage, save_checkpoint
+
+#: Files the job writes into its output directory.
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user asked for (stored in checkpoints and summary.json)."""
+
+    system: str
+    out_dir: str
+    profile: str = "quick"
+    seed: int = 0
+    device: Optional[str] = None
+    data_dir: Optional[str] = None
+    energy_platform: str = "auto"
+    quiet: bool = False
+
+
+def trainer_config(profile: RunProfile, seed: int) -> TrainerConfig:
+    """Two stages: maximum likelihood, then maximum likelihood + weighted reverse KL."""
+    return TrainerConfig(
+        stages=[
+            TrainingStage("nll", profile.nll_steps, learning_rate=profile.nll_learning_rate,
+                          batch_size=profile.batch_size, warmup_steps=min(100, profile.nll_steps // 10)),
+            TrainingStage("nll+kl", profile.kl_steps, kl_weight=profile.kl_weight,
+                          learning_rate=profile.kl_learning_rate, batch_size=profile.batch_size,
+                          kl_batch_size=profile.kl_batch_size, warmup_steps=min(50, profile.kl_steps // 10)),
+        ],
+        checkpoint_every=max(1, min(250, profile.nll_steps // 4)),
+        validate_every=max(1, min(250, profile.nll_steps // 4)),
+        seed=seed,
+    )
+
+
+def _reference_free_energy(system_name: str) -> tuple[Optional[tuple[float, float]], Optional[FreeEnergyProfile]]:
+    from boltzgen.systems.umbrella_reference import has_umbrella_reference, umbrella_reference
+
+    if not has_umbrella_reference(system_name):
+        return None, None
+    ref = umbrella_reference(system_name)
+    profile = FreeEnergyProfile(ref.profile_bin_edges, ref.profile_kT, ref.profile_err_kT)
+    return (ref.delta_f_kT, ref.delta_f_err_kT), profile
+
+
+def run_job(options: RunOptions) -> dict:
+    """Run (or resume) the job described by ``options``; returns the summary written to summary.json."""
+    from boltzgen import systems
+
+    start = time.perf_counter()
+    profile = get_profile(options.profile)
+    out_dir = Path(options.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(options.device)
+    torch.manual_seed(options.seed)
+    np.random.seed(options.seed)
+
+    system = systems.load(options.system)
+    if getattr(system, "openmm_system", None) is None:
+        raise ValueError(f"boltzgen run needs a molecular system; {options.system!r} is a toy energy")
+    data = load_data(options.system, system.n_atoms, options.data_dir)
+    train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
+    train, held_out = data.subset(train_index), data.subset(held_out_index)
+
+    target = system.energy(platform=options.energy_platform)
+    train_x = torch.as_tensor(train.positions, dtype=torch.get_default_dtype())
+    generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed)
+    validation = torch.as_tensor(held_out.positions[: 4 * profile.batch_size], dtype=torch.get_default_dtype())
+    validation = validation[in_support(generator, validation)]
+
+    run_config = {"options": vars(options) if hasattr(options, "__dict__") else dict(options.__dict__),
+                  "profile": profile.as_dict(), "data_source": data.source}
+    trainer = Trainer(
+        generator, train_x, trainer_config(profile, options.seed), out_dir / CHECKPOINT_FILE,
+        validation_data=validation, device=device, run_config=run_config, quiet=options.quiet,
+    )
+    state = trainer.fit()
+    save_checkpoint(out_dir / MODEL_FILE, {"model_state": generator.state_dict(), "run_config": run_config})
+
+    reference_delta_f, reference_profile = _reference_free_energy(options.system)
+    results = evaluate(
+        generator, held_out, system.mdtraj_topology,
+        n_samples=profile.n_samples, n_metric_samples=profile.n_metric_samples,
+        n_bootstrap=profile.n_bootstrap, reference_delta_f=reference_delta_f,
+        reference_profile=reference_profile, out_dir=out_dir, device=device, seed=options.seed,
+    )
+    n_energy_evals = state.n_energy_evaluations + profile.n_samples
+    target.close()
+    summary = {
+        "system": options.system,
+        "profile": profile.name,
+        "seed": options.seed,
+        **results,
+        "n_energy_evals": n_energy_evals,
+        "n_train_frames": train.n_frames,
+        "n_held_out_frames": held_out.n_frames,
+        "n_training_steps": state.global_step,
+        "n_skipped_training_steps": state.n_skipped_steps,
+        "training_wall_s": state.wall_s,
+        "wall_s": time.perf_counter() - start,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "data_source": data.source,
+        "boltzgen_version": boltzgen.__version__,
+        "python": python_platform.python_version(),
+    }
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    """The human-readable end of a run: the key numbers of ``summary.json``, one per line."""
+
+    def fmt(value, digits=3):
+        if value is None:
+            return "n/a"
+        if isinstance(value, float):
+            return f"{value:.{digits}f}"
+        return str(value)
+
+    rows = [
+        ("ESS (Kish, normalised)", fmt(summary["ess"])),
+        ("ESS, top 0.2% weights dropped", fmt(summary["ess_filtered"])),
+        ("dF(phi>0 - phi<0) [kT]", f"{fmt(summary['delta_f_kT'], 2)} +- {fmt(summary['delta_f_err_kT'], 2)}"),
+        ("reference dF [kT]", f"{fmt(summary['reference_delta_f_kT'], 2)} +- {fmt(summary['reference_delta_f_err_kT'], 2)}"),
+        ("E-W2 [kT]", fmt(summary["e_w2"])),
+        ("T-W2 [rad]", fmt(summary["t_w2"])),
+        ("held-out NLL per dim [nats]", fmt(summary["held_out_nll_per_dim"])),
+        ("samples (dropped)", f"{summary['n_samples']} ({summary['n_dropped']})"),
+        ("target energy evaluations", fmt(summary["n_energy_evals"])),
+        ("wall time [s] / device", f"{summary['wall_s']:.0f} / {summary['device']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

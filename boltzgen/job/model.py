@@ -1,0 +1,55 @@
+"""The molecular Boltzmann generator of the job: uniform prior -> spline couplings -> internal coordinates."""
+
+from __future__ import annotations
+
+import torch
+
+from boltzgen.distributions import UniformInterval
+from boltzgen.flows import InternalCoordinateTransform, SequentialFlow, ZMatrix, coupling_stack
+from boltzgen.generator import BoltzmannGenerator
+from boltzgen.job.profiles import RunProfile
+
+
+def build_molecular_generator(
+    mdtraj_topology, train_positions: torch.Tensor, profile: RunProfile, target=None, seed: int = 0
+) -> BoltzmannGenerator:
+    """A generator over Cartesian configurations ``[B, 3N]`` (nm) of the molecule.
+
+    The prior is uniform on ``[0, 1]^(3N-6)``; a stack of rational-quadratic spline couplings
+    (circular on torsions, interval on bonds and angles) maps it onto the normalised internal
+    coordinates, whose bond and angle intervals are fitted on ``train_positions`` ``[M, 3N]``; the
+    Z-matrix transform places the atoms. Global rotation and translation are not modelled (the
+    energy is invariant to them), so densities are over the 3N-6 internal degrees of freedom.
+    """
+    zmatrix = ZMatrix.from_topology(mdtraj_topology)
+    internal = InternalCoordinateTransform(zmatrix).fit_normalization(train_positions.double())
+    couplings = coupling_stack(
+        zmatrix.n_internal,
+        internal.circular_mask,
+        n_layers=profile.n_coupling_layers,
+        hidden=profile.hidden,
+        n_bins=profile.n_bins,
+        seed=seed,
+    )
+    prior = UniformInterval(0.0, 1.0, dim=zmatrix.n_internal)
+    return BoltzmannGenerator(prior, SequentialFlow([couplings, internal]), target)
+
+
+def internal_coordinate_transform(generator: BoltzmannGenerator) -> InternalCoordinateTransform:
+    """The internal-coordinate layer (the last layer) of a generator built here."""
+    layer = generator.flow[-1]
+    if not isinstance(layer, InternalCoordinateTransform):
+        raise TypeError("this generator was not built by build_molecular_generator")
+    return layer
+
+
+def in_support(generator: BoltzmannGenerator, x: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[B]``: configurations whose internal coordinates lie inside the model's box.
+
+    Outside it the generator's density is zero; callers drop and count such configurations
+    instead of asking the spline layers for a density there.
+    """
+    transform = internal_coordinate_transform(generator)
+    with torch.no_grad():
+        u, _ = transform.inverse(x.to(transform.ic_low.device, torch.get_default_dtype()))
+    return ~transform.out_of_bounds(u).cpu()

@@ -1,0 +1,78 @@
+"""Settings of the `boltzgen run` job: model size, training schedule, sample counts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class RunProfile:
+    """One named set of job settings.
+
+    Attributes:
+        name: ``quick``, ``full`` or ``smoke``.
+        n_coupling_layers: spline coupling layers (an even number: they come in pairs).
+        hidden: hidden layer widths of each conditioner MLP.
+        n_bins: rational-quadratic spline bins.
+        max_train_frames: training frames used at most (the rest of the data set is held out).
+        nll_steps: optimizer steps of the maximum-likelihood stage.
+        kl_steps: steps of the mixed NLL + reverse-KL stage.
+        batch_size: data frames per step; kl_batch_size: generated samples per KL step.
+        nll_learning_rate, kl_learning_rate: peak learning rates of the two stages.
+        kl_weight: weight of the reverse KL next to the NLL (weight 1) in the second stage.
+        n_samples: generated samples for weights, ESS and free energies.
+        n_metric_samples: samples on each side of the E-W2 / T-W2 metrics (BENCHMARKS.md: 10,000).
+        n_bootstrap: bootstrap resamples for error bars.
+    """
+
+    name: str
+    n_coupling_layers: int
+    hidden: tuple[int, ...]
+    n_bins: int
+    max_train_frames: int
+    nll_steps: int
+    kl_steps: int
+    batch_size: int
+    kl_batch_size: int
+    nll_learning_rate: float
+    kl_learning_rate: float
+    kl_weight: float
+    n_samples: int
+    n_metric_samples: int
+    n_bootstrap: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, RunProfile] = {
+    # The README's main command: about 15 minutes on 2 CPU cores.
+    "quick": RunProfile(
+        name="quick", n_coupling_layers=8, hidden=(128, 128), n_bins=8, max_train_frames=40_000,
+        nll_steps=2500, kl_steps=800, batch_size=256, kl_batch_size=256,
+        nll_learning_rate=1e-3, kl_learning_rate=3e-4, kl_weight=0.3,
+        n_samples=20_000, n_metric_samples=10_000, n_bootstrap=200,
+    ),
+    # The benchmark profile: longer training of a larger model (a GPU helps).
+    "full": RunProfile(
+        name="full", n_coupling_layers=12, hidden=(256, 256), n_bins=12, max_train_frames=45_000,
+        nll_steps=20_000, kl_steps=10_000, batch_size=512, kl_batch_size=512,
+        nll_learning_rate=1e-3, kl_learning_rate=2e-4, kl_weight=0.3,
+        n_samples=100_000, n_metric_samples=10_000, n_bootstrap=500,
+    ),
+    # Seconds: the end-to-end test of the job's plumbing (numbers are meaningless).
+    "smoke": RunProfile(
+        name="smoke", n_coupling_layers=2, hidden=(16,), n_bins=4, max_train_frames=500,
+        nll_steps=6, kl_steps=3, batch_size=32, kl_batch_size=16,
+        nll_learning_rate=1e-3, kl_learning_rate=1e-4, kl_weight=0.3,
+        n_samples=300, n_metric_samples=200, n_bootstrap=20,
+    ),
+}
+
+
+def get_profile(name: str) -> RunProfile:
+    """The profile called ``name``; ValueError listing the available ones otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; available: {', '.join(PROFILES)}") from None
