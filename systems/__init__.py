@@ -3,6 +3,7 @@
 >>> from boltzgen import systems
 >>> systems.available()          # doctest: +SKIP
 >>> ad2 = systems.load("alanine_dipeptide_implicit")
+>>> data = systems.reference_data("alanine_dipeptide_implicit")  # shipped MD frames  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from boltzgen.systems.molecular_system import MolecularSystem, ToySystem
+from boltzgen.systems.reference_data import ReferenceData, reference_data, systems_with_reference_data
 
 
 def _alanine_dipeptide_implicit(**options):
@@ -60,4 +62,12 @@ def load(name: str, **options) -> MolecularSystem | ToySystem:
     return builder(**options)
 
 
-__all__ = ["MolecularSystem", "ToySystem", "available", "load"]
+__all__ = [
+    "MolecularSystem",
+    "ReferenceData",
+    "ToySystem",
+    "available",
+    "load",
+    "reference_data",
+    "systems_with_reference_data",
+]

@@ -3,7 +3,9 @@
 The field's standard "AD2": NoCutoff, no constraints, 300 K, LangevinMiddle with friction 1/ps for
 reference MD. The starting structure ``data/alanine_dipeptide.pdb`` was built from ideal backbone
 geometry (phi -80, psi 150 degrees), protonated by OpenMM's Modeller and minimised in
-amber99sbildn + amber99_obc (see ``data/build_alanine_dipeptide_pdb.py``).
+amber99sbildn + amber99_obc (see ``data/build_alanine_dipeptide_pdb.py``). A second structure in
+the rare alpha_L basin, ``data/alanine_dipeptide_alpha_l.pdb`` (built at phi 60, psi 40; phi 54,
+psi 29 degrees after minimisation), starts MD there: ``boltzgen md ... --start FILE``.
 """
 
 from __future__ import annotations

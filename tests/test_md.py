@@ -300,3 +300,92 @@ def test_blow_up_is_a_clear_error_and_commits_nothing_bad(ad2, tmp_path):
     with pytest.raises(BoltzgenError, match="blew up|dynamics failed"):
         run_md(ad2, tmp_path / "boom", ns=0.005, platform="Reference", seed=1, warmup_steps=0, timestep_fs=50.0, quiet=True)
     assert read_json(tmp_path / "boom" / "replicas" / "r000" / "state.json")["frames_done"] == 0
+
+
+# --- starting structures from a file (--start) ------------------------------------------------
+
+ALPHA_L_PDB = Path(systems.__file__).parent / "data" / "alanine_dipeptide_alpha_l.pdb"
+C7EQ_PDB = Path(systems.__file__).parent / "data" / "alanine_dipeptide.pdb"
+TINY_START_SETTINGS = dict(ns=0.003, n_replicas=1, seed=5, platform="Reference", warmup_steps=100, n_workers=1, quiet=True)
+
+
+def _phi_degrees(positions_nm: np.ndarray, topology) -> np.ndarray:
+    _, phi = mdtraj.compute_phi(mdtraj.Trajectory(np.asarray(positions_nm, dtype=np.float32), topology))
+    return np.degrees(phi[:, 0])
+
+
+@pytest.fixture(scope="module")
+def alpha_l_run(tmp_path_factory) -> Path:
+    """A tiny run started from the shipped alpha_L structure (phi > 0)."""
+    directory = tmp_path_factory.mktemp("md_start") / "alpha_l"
+    result = run_md(SYSTEM, directory, start=ALPHA_L_PDB, **TINY_START_SETTINGS)
+    assert result.status == "finished"
+    return directory
+
+
+def test_start_file_sets_the_starting_positions_and_is_recorded(alpha_l_run, ad2):
+    import hashlib
+
+    data = load_trajectory(alpha_l_run)
+    # the system's own start is C7eq (phi < 0); a few ps after starting in alpha_L, phi is still > 0
+    assert _phi_degrees(ad2.positions, ad2.mdtraj_topology)[0] < 0
+    assert np.all(_phi_degrees(data.positions[0], ad2.mdtraj_topology) > 0)
+    sha256 = hashlib.sha256(ALPHA_L_PDB.read_bytes()).hexdigest()
+    assert data.metadata["start_structure"] == {
+        "source": "file", "file": "alanine_dipeptide_alpha_l.pdb", "path": str(ALPHA_L_PDB.resolve()), "sha256": sha256
+    }
+    assert read_json(alpha_l_run / "run.json")["config"]["start_sha256"] == sha256
+    # topology.pdb shows the structure the run started from
+    assert _phi_degrees(mdtraj.load(str(alpha_l_run / "topology.pdb")).xyz, ad2.mdtraj_topology)[0] > 0
+
+
+def test_run_without_start_records_the_system_positions(reference_run):
+    metadata = load_trajectory(reference_run).metadata
+    assert metadata["start_structure"] == {"source": "system", "file": None, "path": None, "sha256": None}
+    assert read_json(reference_run / "run.json")["config"]["start_sha256"] is None
+
+
+def test_other_start_into_existing_directory_is_refused(alpha_l_run, reference_run, tmp_path):
+    with pytest.raises(BoltzgenError, match=r"other settings: start_sha256=.*alanine_dipeptide_alpha_l\.pdb"):
+        run_md(SYSTEM, alpha_l_run, start=C7EQ_PDB, **TINY_START_SETTINGS)
+    with pytest.raises(BoltzgenError, match=r"start_sha256=.*\(requested None\)"):
+        run_md(SYSTEM, alpha_l_run, **TINY_START_SETTINGS)
+    with pytest.raises(BoltzgenError, match=r"start_sha256=None.*started from the system positions"):
+        run_md(SYSTEM, reference_run, start=C7EQ_PDB, **SETTINGS)
+    # the same contents under another name is the same start
+    copy = tmp_path / "renamed.pdb"
+    copy.write_bytes(ALPHA_L_PDB.read_bytes())
+    assert run_md(SYSTEM, alpha_l_run, start=copy, **TINY_START_SETTINGS).status == "already finished"
+
+
+def test_start_file_in_other_formats_and_bad_files(ad2, tmp_path):
+    from boltzgen.md.start import read_start_structure
+
+    pdb = mdtraj.load(str(ALPHA_L_PDB))
+    start = read_start_structure(ALPHA_L_PDB, ad2)
+    np.testing.assert_allclose(start.positions_nm, pdb.xyz[0], atol=1e-6)
+    assert start.positions_nm.shape == (N_ATOMS, 3) and start.positions_nm.dtype == np.float64
+
+    pdb.save_dcd(str(tmp_path / "start.dcd"))  # no topology in the file: read with the system's
+    np.testing.assert_allclose(read_start_structure(tmp_path / "start.dcd", ad2).positions_nm, pdb.xyz[0], atol=1e-5)
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_start_structure(tmp_path / "missing.pdb", ad2)
+    mdtraj.join([pdb, pdb]).save_pdb(str(tmp_path / "two.pdb"))
+    with pytest.raises(ValueError, match="holds 2 frames"):
+        read_start_structure(tmp_path / "two.pdb", ad2)
+    pdb.atom_slice(pdb.topology.select("not element H")).save_pdb(str(tmp_path / "heavy.pdb"))
+    with pytest.raises(ValueError, match="has 10 atoms; system 'alanine_dipeptide_implicit' has 22"):
+        read_start_structure(tmp_path / "heavy.pdb", ad2)
+    lines = ALPHA_L_PDB.read_text().splitlines()
+    first, second = [i for i, line in enumerate(lines) if line.startswith(("ATOM", "HETATM"))][:2]
+    lines[first], lines[second] = lines[second], lines[first]  # H1 before CH3
+    (tmp_path / "swapped.pdb").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"atom 0 is H 'H1' .* but C 'CH3'"):
+        read_start_structure(tmp_path / "swapped.pdb", ad2)
+    (tmp_path / "garbage.pdb").write_text("not a structure\n")
+    with pytest.raises(ValueError, match="cannot read start structure"):
+        read_start_structure(tmp_path / "garbage.pdb", ad2)
+    with pytest.raises(ValueError, match="holds 2 frames"):
+        run_md(ad2, tmp_path / "never", start=tmp_path / "two.pdb", **TINY_START_SETTINGS)
+    assert not (tmp_path / "never").exists()

@@ -2,7 +2,8 @@
 
 - :func:`run_md` runs (or resumes) R Langevin replicas in parallel processes into a directory;
 - :func:`load_trajectory` reads the result (positions, forces, energies, metadata);
-- `boltzgen.md.storage` documents the files, `boltzgen.md.replica_store` the resumable work areas.
+- `boltzgen.md.storage` documents the files, `boltzgen.md.replica_store` the resumable work areas;
+- `boltzgen.md.start` reads a starting structure from a file (``run_md(..., start=FILE)``).
 """
 
 from boltzgen.md.config import MDConfig, ReplicaSeeds, replica_seeds

@@ -65,6 +65,8 @@ class MDConfig:
         warmup_steps: Langevin steps after minimisation and before the first frame.
         system_options: options passed to the system builder.
         integrator: the OpenMM integrator class used.
+        start_sha256: SHA-256 of the starting-structure file (``--start``); None: the system's
+            own positions. Only the file's contents count, not its name or place.
     """
 
     system: str
@@ -79,6 +81,7 @@ class MDConfig:
     warmup_steps: int = 50_000
     system_options: dict = field(default_factory=dict)
     integrator: str = "LangevinMiddleIntegrator"
+    start_sha256: str | None = None
 
     def __post_init__(self) -> None:
         checks = [

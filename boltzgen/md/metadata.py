@@ -10,6 +10,7 @@ from typing import Any
 from boltzgen.md.config import MDConfig
 from boltzgen.md.platforms import platform_properties
 from boltzgen.md.replica import MINIMISATION_TOLERANCE_KJ_PER_MOL_NM
+from boltzgen.md.start import SYSTEM_START_METADATA, StartStructure
 from boltzgen.md.storage import FORMAT_NAME, FORMAT_VERSION
 
 
@@ -41,8 +42,11 @@ def software_versions() -> dict[str, str | None]:
     }
 
 
-def run_metadata(config: MDConfig, system) -> dict[str, Any]:
-    """Metadata of a run of ``config`` on ``system`` (a `MolecularSystem`), as stored in metadata.json."""
+def run_metadata(config: MDConfig, system, start: StartStructure | None = None) -> dict[str, Any]:
+    """Metadata of a run of ``config`` on ``system`` (a `MolecularSystem`), as stored in metadata.json.
+
+    ``start`` is the starting-structure file (``--start``), None for the system's own positions.
+    """
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -52,6 +56,7 @@ def run_metadata(config: MDConfig, system) -> dict[str, Any]:
         "system_options": dict(config.system_options),
         "system_builder_options": dict(getattr(system, "options", {}) or {}),
         "n_atoms": int(system.n_atoms),
+        "start_structure": start.to_metadata() if start is not None else dict(SYSTEM_START_METADATA),
         "temperature_K": config.temperature_K,
         "integrator": config.integrator,
         "timestep_fs": config.timestep_fs,

@@ -10,11 +10,12 @@ Files in ``DIR`` (format version 1)::
         time_ps            [F]          float64  ps of production after the warm-up (1, 2, ..., F)
         metadata           []           str      the contents of metadata.json
     metadata.json      how the data was made (units in key names): system, description,
-                       forcefield_files, n_atoms, temperature_K, integrator, timestep_fs,
+                       forcefield_files, n_atoms, start_structure (source, file, path, sha256 of
+                       a --start file), temperature_K, integrator, timestep_fs,
                        friction_per_ps, frame_interval_ps, warmup_steps, minimisation, seed and
                        replica_seeds (integrator_seed, velocity_seed per replica), platform,
                        versions (boltzgen, openmm, torch, numpy, mdtraj, python), dates (UTC)
-    topology.pdb       the system's starting structure: topology for viewers and mdtraj
+    topology.pdb       the starting structure (--start, or the system's): topology for viewers and mdtraj
     replica_000.dcd    one DCD per replica (Angstrom, as DCD requires):
                        ``mdtraj.load("DIR/replica_000.dcd", top="DIR/topology.pdb")``
     system.xml         the simulated ``openmm.System`` (``openmm.XmlSerializer``)
