@@ -3,6 +3,8 @@
 Commands:
     systems    list the ready-made systems with their descriptions
     md         reference molecular dynamics (resumable, parallel replicas; see `boltzgen.md`)
+    run        the main job: train, sample, reweight, free energies (see `boltzgen.job`)
+    umbrella   umbrella sampling along phi with MBAR and error bars from repeats (see `boltzgen.umbrella`)
 
 Each command is a pair of small functions, ``_add_<command>_arguments(parser)`` and
 ``_<command>_command(args) -> exit code``, registered in :data:`COMMANDS`; adding a command means
@@ -112,6 +114,11 @@ def _add_md_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=_positive_int, default=None, help="replicas run at once (default: number of cores)"
     )
+    parser.add_argument(
+        "--start", default=None, metavar="FILE",
+        help="start the replicas from this single-frame structure (PDB or any file mdtraj reads; the "
+        "system's atoms in the same order) instead of the system's positions",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
@@ -135,6 +142,7 @@ def _md_command(args: argparse.Namespace) -> int:
             warmup_steps=args.warmup_steps,
             frame_interval_ps=args.frame_interval_ps,
             n_workers=args.workers,
+            start=args.start,
             quiet=args.quiet,
             log=log,
         )
@@ -151,6 +159,142 @@ def _md_command(args: argparse.Namespace) -> int:
             f"boltzgen md: {result.status}: {result.frames_done} frames in {result.directory} "
             f"(trajectory.npz, summary.json){speed_text}"
         )
+    return 0
+
+
+# --- boltzgen run -----------------------------------------------------------------------------
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from boltzgen.job import PROFILES
+
+    parser.add_argument("system", help="molecular system name (see `boltzgen systems`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to resume training)")
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                         help="the quick profile: ~15 minutes on 2 CPU cores (default)")
+    profile.add_argument("--profile", choices=sorted(PROFILES), help="named settings: quick, full (benchmark), smoke (tests)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="train on a `boltzgen md` output directory instead of the shipped reference data")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random (default 0)")
+    parser.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: CUDA if available)")
+    parser.add_argument("--platform", default="auto", help="OpenMM platform of the target energy (default: fastest)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Train, sample, reweight, analyse; print the summary table."""
+    from boltzgen.job import RunOptions, run_job, summary_table
+
+    options = RunOptions(
+        system=args.system, out_dir=args.out, profile=args.profile or "quick", seed=args.seed,
+        device=args.device, data_dir=args.data, energy_platform=args.platform, quiet=args.quiet,
+    )
+    try:
+        summary = run_job(options)
+    except KeyboardInterrupt:
+        _print_error("run", "interrupted; training checkpoints are kept: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    print(summary_table(summary))
+    print(f"boltzgen run: results in {args.out} (summary.json, model.pt, *.png)")
+    return 0
+
+
+# --- boltzgen umbrella ------------------------------------------------------------------------
+
+
+def _add_umbrella_arguments(parser: argparse.ArgumentParser) -> None:
+    from boltzgen.umbrella.config import (
+        DEFAULT_FORCE_CONSTANT,
+        DEFAULT_PS_PER_WINDOW,
+        DEFAULT_REPEATS,
+        DEFAULT_WINDOWS,
+    )
+
+    parser.add_argument("system", help="peptide with one backbone phi (see `boltzgen systems`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created; rerun to resume)")
+    parser.add_argument(
+        "--windows", type=_positive_int, default=DEFAULT_WINDOWS,
+        help=f"windows over the phi circle, evenly spaced (default {DEFAULT_WINDOWS}: 10 degrees)",
+    )
+    parser.add_argument(
+        "--force-constant", type=_positive_float, default=DEFAULT_FORCE_CONSTANT, metavar="K",
+        help=f"restraint force constant, kJ/mol/rad^2 (default {DEFAULT_FORCE_CONSTANT:g})",
+    )
+    parser.add_argument(
+        "--ps-per-window", type=_positive_float, default=DEFAULT_PS_PER_WINDOW, metavar="T",
+        help=f"production time per window and repeat, ps (default {DEFAULT_PS_PER_WINDOW:g})",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=DEFAULT_REPEATS,
+        help=f"independent repeats, other seeds and starting structures (default {DEFAULT_REPEATS})",
+    )
+    parser.add_argument(
+        "--equilibration-ps", type=_non_negative_float, default=20.0,
+        help="dynamics in each window before its first frame, ps (default 20)",
+    )
+    parser.add_argument(
+        "--seeding-ps", type=_positive_float, default=10.0,
+        help="restrained dynamics per window while the seeding chain walks to it, ps (default 10)",
+    )
+    parser.add_argument(
+        "--seed", type=_non_negative_int, default=None, help="run seed (default: random, recorded in DIR)"
+    )
+    parser.add_argument(
+        "--platform", default="auto", help="OpenMM platform (Reference, CPU, ...) or auto: the fastest here (default)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int, default=None, help="windows run at once (default: number of cores)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+
+def _umbrella_command(args: argparse.Namespace) -> int:
+    """Run (or resume) umbrella sampling along phi; print dF with both error bars and the flags."""
+    from boltzgen.umbrella import make_config, run_umbrella
+    from boltzgen.umbrella.runner import command_line
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"boltzgen umbrella: {message}", file=sys.stderr)
+
+    config = make_config(
+        args.system,
+        n_windows=args.windows,
+        force_constant=args.force_constant,
+        ps_per_window=args.ps_per_window,
+        repeats=args.repeats,
+        seed=args.seed,
+        platform=args.platform,
+        equilibration_ps=args.equilibration_ps,
+        seeding_ps=args.seeding_ps,
+        out_dir=args.out,
+    )
+    try:
+        result = run_umbrella(
+            args.system, config, args.out, n_workers=args.workers, quiet=args.quiet, log=log, command=command_line()
+        )
+    except KeyboardInterrupt:
+        _print_error("umbrella", "interrupted; finished windows are kept: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    summary = result.summary
+    if result.status == "already finished":
+        print(f"boltzgen umbrella: {result.directory} already holds this finished run; nothing to do")
+    error = summary["delta_f_err_kT"]
+    error_text = f" ± {error:.2f} (standard error over {summary['repeats']} repeats)" if error is not None else ""
+    mbar_text = ", ".join(f"{v:.2f} ± {e:.2f}" for v, e in zip(summary["delta_f_per_repeat_kT"], summary["delta_f_mbar_err_kT"]))
+    print(f"boltzgen umbrella: dF = F(phi>0) - F(phi<0) = {summary['delta_f_kT']:.2f}{error_text} kT")
+    print(f"boltzgen umbrella: per repeat (MBAR error): {mbar_text} kT")
+    if summary.get("delta_f_err_from_mbar_kT") is not None and summary["repeats"] > 1:
+        print(
+            f"boltzgen umbrella: error of the mean the MBAR errors predict: {summary['delta_f_err_from_mbar_kT']:.2f} kT "
+            f"(consistency of the repeats with their MBAR errors: chi2 p = {summary['repeat_consistency']['p_value']:.2g})"
+            if summary["repeat_consistency"].get("p_value") is not None
+            else f"boltzgen umbrella: error of the mean the MBAR errors predict: {summary['delta_f_err_from_mbar_kT']:.2f} kT"
+        )
+    counts = summary.get("flag_counts") or {}
+    flag_text = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
+    print(f"boltzgen umbrella: flags: {flag_text} (details in summary.json); results in {result.directory}")
     return 0
 
 
@@ -182,6 +326,34 @@ COMMANDS: list[Command] = [
             "boltzgen.md.storage), metadata.json, topology.pdb with one DCD per replica, and "
             "summary.json (speed, phi > 0 basin counts). Run the same command again to resume an "
             "interrupted run."
+        ),
+    ),
+    Command(
+        "run",
+        "the main job: train a Boltzmann generator, sample, reweight, compute free energies",
+        _add_run_arguments,
+        _run_command,
+        description=(
+            "Train a Boltzmann generator (internal-coordinate spline flow; maximum likelihood, then "
+            "maximum likelihood + reverse KL) on the shipped reference data (or --data), draw samples "
+            "with importance weights and write DIR/summary.json (ESS, dF(phi>0 - phi<0) with bootstrap "
+            "errors vs the umbrella-sampling reference, E-W2, T-W2, cost), plots and model.pt."
+        ),
+    ),
+    Command(
+        "umbrella",
+        "umbrella sampling along phi with MBAR: reference free energies with error bars from repeats",
+        _add_umbrella_arguments,
+        _umbrella_command,
+        description=(
+            "Umbrella sampling along the backbone torsion phi: --windows windows with a periodic harmonic "
+            "restraint (--force-constant, kJ/mol/rad^2), LangevinMiddle 1 fs, a frame every ps, in "
+            "parallel processes; --repeats independent repeats with other seeds and starting structures. "
+            "MBAR per repeat gives dF = F(phi>0) - F(phi<0) (kT) and the phi profile; the error bar is the "
+            "standard error over repeats, next to each repeat's MBAR error. Windows that drift, spread, "
+            "overlap too little or whose psi does not relax are flagged. Writes DIR/summary.json, "
+            "profile.png, umbrella.npz (time series and reduced potentials to redo the MBAR) and "
+            "frames.npz. Run the same command again to resume."
         ),
     ),
 ]

@@ -51,7 +51,9 @@ def umbrella_reference(system: str) -> UmbrellaReference:
     return UmbrellaReference(
         system=system,
         delta_f_kT=float(raw["delta_f_kT"]),
-        delta_f_err_kT=float(raw["delta_f_err_kT"]),
+        # the larger of the spread over repeats and what the repeats' MBAR errors predict: with
+        # few repeats the former is itself uncertain
+        delta_f_err_kT=max(float(raw["delta_f_err_kT"]), float(raw.get("delta_f_err_from_mbar_kT", 0.0))),
         profile_bin_edges=np.asarray(profile["bin_edges_rad"], dtype=np.float64),
         profile_kT=np.asarray(profile["free_energy_kT"], dtype=np.float64),
         profile_err_kT=np.asarray(profile["free_energy_err_kT"], dtype=np.float64),

@@ -105,3 +105,23 @@ def test_md_bad_arguments_are_usage_errors(bad_args, complaint, tmp_path, capsys
 def test_missing_command_is_a_usage_error(capsys):
     assert main([]) == 2
     assert "usage: boltzgen" in capsys.readouterr().err
+
+
+def test_md_start_file_is_used_recorded_and_part_of_the_settings(tmp_path, capsys):
+    data_dir = Path(systems.__file__).parent / "data"
+    out = tmp_path / "md"
+    args = ["md", "alanine_dipeptide_implicit", *TINY_MD, "--out", str(out)]
+    assert main([*args, "--start", str(data_dir / "alanine_dipeptide_alpha_l.pdb")]) == 0
+    assert read_json(out / "metadata.json")["start_structure"]["file"] == "alanine_dipeptide_alpha_l.pdb"
+    capsys.readouterr()
+
+    assert main([*args, "--start", str(data_dir / "alanine_dipeptide.pdb")]) == 2
+    message = _single_error_line(capsys.readouterr().err)
+    assert "start_sha256" in message and "alanine_dipeptide_alpha_l.pdb" in message and str(out) in message
+
+
+def test_md_unreadable_start_file_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nothing.pdb"
+    assert main(["md", "alanine_dipeptide_implicit", "--ns", "0.001", "--start", str(missing), "--out", str(tmp_path / "x")]) == 2
+    assert f"start structure {missing} does not exist" in _single_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,123 @@
+"""A compact, shippable record of an umbrella run: the reference free energy other code checks against.
+
+:func:`compact_reference` turns a finished run directory (its ``summary.json`` and ``run.json``)
+into a small dict (read by ``boltzgen.systems.umbrella_reference``): dF with its error from repeats, per-repeat values and MBAR errors, the phi
+profile with errors, the protocol, seeds, flags (kinds, counts and the windows concerned), the
+command and versions. ``systems/data/alanine_dipeptide_implicit_umbrella.json`` was written by it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from boltzgen.io import read_json, write_json_atomic
+from boltzgen.umbrella.storage import UmbrellaDirectory
+
+
+def _rounded(values, digits: int = 4):
+    if values is None:
+        return None
+    if isinstance(values, (list, tuple)):
+        return [_rounded(v, digits) for v in values]
+    return round(float(values), digits)
+
+
+def compact_reference(run_dir: str | Path) -> dict[str, Any]:
+    """The reference record of the finished umbrella run in ``run_dir``."""
+    run = UmbrellaDirectory(run_dir)
+    summary = read_json(run.summary_json)
+    stored = read_json(run.run_json)
+    config = stored["config"]
+    flags_by_kind: dict[str, dict[str, Any]] = {}
+    for flag in summary["flags"]:
+        entry = flags_by_kind.setdefault(flag["kind"], {"count": 0, "center_deg": [], "examples": []})
+        entry["count"] += 1
+        if flag.get("center_deg") is not None and flag["center_deg"] not in entry["center_deg"]:
+            entry["center_deg"].append(flag["center_deg"])
+        if len(entry["examples"]) < 3:
+            entry["examples"].append(flag["reason"])
+    psi = [
+        {
+            "center_deg": w["center_deg"],
+            "psi_transitions": [r.get("psi_transitions") for r in w["repeats"]],
+            "psi_beta_fraction": _rounded([r.get("psi_beta_fraction") for r in w["repeats"]], 3),
+            "mean_offset_deg": _rounded([r["mean_offset_deg"] for r in w["repeats"]], 2),
+        }
+        for w in summary["windows"]
+    ]
+    profile = summary["profile"]
+    return {
+        "system": summary["system"],
+        "description": summary["description"],
+        "observable": summary["delta_f_definition"],
+        "delta_f_kT": _rounded(summary["delta_f_kT"]),
+        "delta_f_err_kT": _rounded(summary["delta_f_err_kT"]),
+        "delta_f_err_method": summary["delta_f_err_method"],
+        "delta_f_err_from_mbar_kT": _rounded(summary.get("delta_f_err_from_mbar_kT")),
+        "delta_f_err_from_mbar_method": summary.get("delta_f_err_from_mbar_method"),
+        "delta_f_per_repeat_kT": _rounded(summary["delta_f_per_repeat_kT"]),
+        "delta_f_mbar_err_kT": _rounded(summary["delta_f_mbar_err_kT"]),
+        "delta_f_mbar_err_method": summary["delta_f_mbar_err_method"],
+        "delta_f_naive_mbar_err_kT": _rounded(summary["delta_f_naive_mbar_err_kT"]),
+        "delta_f_naive_mbar_err_method": summary.get("delta_f_naive_mbar_err_method"),
+        "delta_f_pooled_kT": _rounded(summary["delta_f_pooled_kT"]),
+        "delta_f_pooled_mbar_err_kT": _rounded(summary["delta_f_pooled_mbar_err_kT"]),
+        "p_phi_positive": _rounded(summary["p_phi_positive"], 5),
+        "p_phi_positive_err": _rounded(summary["p_phi_positive_err"], 5),
+        "repeat_consistency": summary["repeat_consistency"],
+        "profile": {
+            "bin_edges_rad": [math.radians(e) for e in profile["bin_edges_deg"]],
+            "bin_edges_deg": profile["bin_edges_deg"],
+            "bin_centers_deg": profile["bin_centers_deg"],
+            "free_energy_kT": _rounded(profile["free_energy_kT"], 3),
+            "free_energy_err_kT": _rounded(profile["free_energy_err_kT"], 3),
+            "free_energy_err_method": profile["free_energy_err_method"],
+            "per_repeat_free_energy_kT": _rounded(profile["per_repeat_free_energy_kT"], 3),
+            "per_repeat_mbar_err_kT": _rounded(profile["per_repeat_mbar_err_kT"], 3),
+        },
+        "protocol": {
+            "method": "1-D umbrella sampling along phi (C-N-CA-C), periodic harmonic restraint, MBAR (pymbar 4) per repeat",
+            "n_windows": summary["n_windows"],
+            "window_spacing_deg": summary["window_spacing_deg"],
+            "force_constant_kj_mol_rad2": summary["force_constant_kj_mol_rad2"],
+            "restraint_width_deg": _rounded(summary["restraint_width_deg"], 2),
+            "ps_per_window": summary["ps_per_window"],
+            "equilibration_ps": summary["equilibration_ps"],
+            "seeding_ps": summary["seeding_ps"],
+            "repeats": summary["repeats"],
+            "starts": [
+                {key: start.get(key) for key in ("repeat", "name", "source", "phi_deg", "psi_deg")}
+                for start in summary["starts"]
+            ],
+            "temperature_K": summary["temperature_K"],
+            "integrator": summary["integrator"],
+            "timestep_fs": summary["timestep_fs"],
+            "friction_per_ps": summary["friction_per_ps"],
+            "frame_interval_ps": summary["frame_interval_ps"],
+            "platform": summary["platform"],
+            "seed": summary["seed"],
+            "config": config,
+        },
+        "flags": {"total": summary["n_flags"], "by_kind": flags_by_kind},
+        "windows": psi,
+        "cost": {
+            "wall_s": _rounded(summary["wall_s"], 1),
+            "core_s": _rounded(summary["core_s"], 1),
+            "simulated_ns": _rounded(summary["simulated_ns"], 3),
+            "ns_per_day_per_core": _rounded(summary["ns_per_day_per_core"], 0),
+            "n_workers": summary["n_workers"],
+            "machine": "2 shared CPU cores (other jobs running), no GPU",
+        },
+        "command": summary["command"],
+        "versions": summary["versions"],
+        "date_finished_utc": summary["date_finished_utc"],
+    }
+
+
+def write_compact_reference(run_dir: str | Path, path: str | Path, **extra: Any) -> dict[str, Any]:
+    """Write :func:`compact_reference` of ``run_dir`` (plus ``extra`` entries) to ``path`` as JSON."""
+    record = {**compact_reference(run_dir), **extra}
+    write_json_atomic(path, record)
+    return record
