@@ -7,12 +7,12 @@ compares its config with the stored one: equal -> resume (or nothing to do), dif
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from boltzgen.errors import BoltzgenError
+from boltzgen.settings import setting_differences, settings_from_dict
 
 #: Largest seed OpenMM accepts (a C ``int``); 0 means "pick a random seed" to OpenMM, so never used.
 _MAX_OPENMM_SEED = 2**31 - 1
@@ -136,13 +136,8 @@ class MDConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MDConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise BoltzgenError(f"unknown MD settings {unknown} (written by a newer boltzgen?)")
-        return cls(**data)
+        return settings_from_dict(cls, data, "MD")
 
     def differences(self, other: "MDConfig") -> list[str]:
-        """Human-readable ``name: mine vs other`` lines for every setting that differs."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{name}={theirs[name]!r} (requested {mine[name]!r})" for name in mine if mine[name] != theirs[name]]
+        """``name=stored (requested ...)`` for every setting that differs (``other`` is the stored one)."""
+        return setting_differences(self.to_dict(), other.to_dict())

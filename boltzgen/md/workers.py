@@ -8,17 +8,14 @@ frames it has and returns. A worker whose main process died (killed) commits and
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue as queue_module
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from boltzgen.md.replica import ReplicaOutcome, ReplicaTask, run_replica
+from boltzgen.parallel import run_in_spawned_processes
 
 #: Workers check every this many seconds whether the main process is still alive ...
 _ORPHAN_POLL_S = 0.5
@@ -66,10 +63,6 @@ def _run_replica_in_worker(task: ReplicaTask) -> ReplicaOutcome:
     return outcome
 
 
-def _failed(future: Future) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is not None
-
-
 def run_replicas_in_processes(
     tasks: list[ReplicaTask],
     n_workers: int,
@@ -87,47 +80,12 @@ def run_replicas_in_processes(
     On KeyboardInterrupt or a failing replica, the running replicas commit and return, replicas
     not started yet are not started, and the interrupt or the replica's exception is raised.
     """
-    context = multiprocessing.get_context("spawn")
-    progress_queue = context.Queue()
-    stop_event = context.Event()
 
-    def drain(timeout: float) -> None:
-        try:
-            _, n = progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait()
-            on_frames(n)
-            while True:
-                _, n = progress_queue.get_nowait()
-                on_frames(n)
-        except queue_module.Empty:
-            pass
+    def on_message(message: tuple[int, int]) -> None:
+        _, n = message
+        on_frames(n)
 
-    with ProcessPoolExecutor(
-        max_workers=n_workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(progress_queue, stop_event, os.getpid()),
-    ) as executor:
-        futures = [executor.submit(_run_replica_in_worker, task) for task in tasks]
-        try:
-            while not all(future.done() for future in futures):
-                drain(timeout=0.2)
-                on_tick()
-                if any(_failed(future) for future in futures):
-                    break
-        finally:
-            # A no-op when all are done; otherwise running replicas commit and return.
-            stop_event.set()
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            drain(timeout=0)
-    for future in futures:
-        if _failed(future):
-            if isinstance(future.exception(), BrokenProcessPool):
-                raise RuntimeError(
-                    "an MD worker process died (killed, out of memory, or the calling script lacks the "
-                    "`if __name__ == '__main__':` guard that multiprocessing's spawn start method needs); "
-                    "run the same command again to resume"
-                ) from future.exception()
-            raise future.exception()
+    futures = run_in_spawned_processes(
+        tasks, _run_replica_in_worker, _init_worker, n_workers, on_message, what="MD", on_tick=on_tick
+    )
     return [future.result() for future in futures]

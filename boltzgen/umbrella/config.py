@@ -10,13 +10,13 @@ own (integrator, velocity) seed pair from ``boltzgen.md.replica_seeds(seed, ...)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from boltzgen.errors import BoltzgenError
 from boltzgen.md.config import ReplicaSeeds, replica_seeds
+from boltzgen.settings import setting_differences, settings_from_dict
 
 #: Default number of windows: 10 degree spacing over the circle.
 DEFAULT_WINDOWS = 36
@@ -169,13 +169,8 @@ class UmbrellaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UmbrellaConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise BoltzgenError(f"unknown umbrella settings {unknown} (written by a newer boltzgen?)")
-        return cls(**data)
+        return settings_from_dict(cls, data, "umbrella")
 
     def differences(self, other: "UmbrellaConfig") -> list[str]:
         """``name=stored (requested ...)`` for every setting that differs."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{name}={theirs[name]!r} (requested {mine[name]!r})" for name in mine if mine[name] != theirs[name]]
+        return setting_differences(self.to_dict(), other.to_dict())
