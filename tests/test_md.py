@@ -191,7 +191,10 @@ def test_killed_run_resumes_to_identical_data(reference_run, tmp_path):
     """SIGKILL the main process mid-run; its workers notice, and a rerun completes the same data."""
     directory = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_RUN_SCRIPT, SYSTEM, str(directory), json.dumps(SETTINGS)]
+        [sys.executable, "-c", _KILLED_RUN_SCRIPT, SYSTEM, str(directory), json.dumps(SETTINGS)],
+        # not the repository root: there `python -c` would import the source tree's boltzgen,
+        # which lacks boltzgen.systems (installed from the top-level systems/ folder)
+        cwd=tmp_path,
     )
     state_files = [directory / "replicas" / f"r{r:03d}" / "state.json" for r in range(2)]
     deadline = time.monotonic() + 60

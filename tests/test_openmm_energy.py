@@ -422,8 +422,12 @@ print(*energy.worker_pids)
 """  # exits without close()
 
 
-def test_worker_processes_end_with_the_interpreter():
-    result = subprocess.run([sys.executable, "-c", _LEAVE_WORKERS_RUNNING], capture_output=True, text=True, timeout=120)
+def test_worker_processes_end_with_the_interpreter(tmp_path):
+    # cwd outside the repository: there `python -c` would import the source tree's boltzgen,
+    # which lacks boltzgen.systems (installed from the top-level systems/ folder)
+    result = subprocess.run(
+        [sys.executable, "-c", _LEAVE_WORKERS_RUNNING], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     pids = [int(pid) for pid in result.stdout.split()]
     assert len(pids) == 2
