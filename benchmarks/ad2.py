@@ -60,13 +60,13 @@ def main(argv=None) -> int:
                 "device": summary["device"], "torch_threads": summary["torch_threads"],
             })
 
-    header = f"{'profile':<8}{'seed':>5}{'ESS':>8}{'ESS-f':>8}{'dF':>9}{'+-':>6}{'|err|':>8}{'E-W2':>8}{'T-W2':>8}{'evals':>9}{'wall s':>8}"
+    header = f"{'profile':<8}{'seed':>5}{'ESS':>9}{'ESS-f':>8}{'dF':>9}{'+-':>6}{'|err|':>8}{'E-W2':>8}{'T-W2':>8}{'evals':>9}{'wall s':>8}"
     print(header)
     for row in rows:
         t = TARGETS.get(row["profile"], {})
         err = row["delta_f_abs_error_kT"]
         print(
-            f"{row['profile']:<8}{row['seed']:>5}{row['ess']:>8.3f}{row['ess_filtered']:>8.3f}"
+            f"{row['profile']:<8}{row['seed']:>5}{row['ess']:>9.5f}{row['ess_filtered']:>8.4f}"
             f"{row['delta_f_kT']:>9.2f}{row['delta_f_err_kT']:>6.2f}{(err if err is not None else float('nan')):>8.2f}"
             f"{row['e_w2']:>8.3f}{row['t_w2']:>8.3f}{row['n_energy_evals']:>9d}{row['wall_s']:>8.0f}"
             f"   ESS {verdict(row['ess'], t.get('ess'), True)}"
