@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform as python_platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -99,8 +99,7 @@ def run_job(options: RunOptions) -> dict:
     validation = torch.as_tensor(held_out.positions[: 4 * profile.batch_size], dtype=torch.get_default_dtype())
     validation = validation[in_support(generator, validation)]
 
-    run_config = {"options": vars(options) if hasattr(options, "__dict__") else dict(options.__dict__),
-                  "profile": profile.as_dict(), "data_source": data.source}
+    run_config = {"options": asdict(options), "profile": profile.as_dict(), "data_source": data.source}
     trainer = Trainer(
         generator, train_x, trainer_config(profile, options.seed), out_dir / CHECKPOINT_FILE,
         validation_data=validation, device=device, run_config=run_config, quiet=options.quiet,
