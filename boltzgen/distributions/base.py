@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from boltzgen.tensors import check_flat_batch
+
 #: A scalar or one value per dimension.
 ScalarOrVector = Union[float, Sequence[float], torch.Tensor]
 
@@ -52,18 +54,7 @@ class Distribution(torch.nn.Module):
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validate ``x`` as a floating-point ``[B, D]`` tensor; raise one clear error otherwise."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"{type(self).__name__} expects a batch of shape [batch, {self.dim}], "
-                f"got {list(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"{type(self).__name__} expects a floating-point tensor, got {x.dtype}"
-            )
-        return x
+        return check_flat_batch(x, self.dim, type(self).__name__, "a batch")
 
     @property
     def _device(self) -> torch.device:

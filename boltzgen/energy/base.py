@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from boltzgen.tensors import check_flat_batch
+
 
 class Energy(torch.nn.Module):
     """A reduced energy u(x) = U(x) / (k_B T), in units of kT.
@@ -36,16 +38,7 @@ class Energy(torch.nn.Module):
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validate ``x`` as a ``[B, D]`` floating-point tensor; raise one clear ValueError otherwise."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"{type(self).__name__} expects positions of shape [batch, {self.dim}], "
-                f"got {list(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"{type(self).__name__} expects a floating-point tensor, got {x.dtype}")
-        return x
+        return check_flat_batch(x, self.dim, type(self).__name__, "positions")
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """Reduced energy, shape ``[B]`` (kT), for ``x`` of shape ``[B, D]``."""
