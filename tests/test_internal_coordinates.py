@@ -116,15 +116,21 @@ def test_alanine_dipeptide_zmatrix_has_60_coordinates_and_places_each_atom_once(
     placed = set(zmatrix.root)
     for i, a, b, c in zmatrix.rows.tolist():
         assert {a, b, c} <= placed, f"row {(i, a, b, c)} refers to atoms not yet placed"
-        assert {frozenset((i, a)), frozenset((a, b)), frozenset((b, c))} <= bonds, "not a proper torsion chain"
+        assert {frozenset((i, a)), frozenset((a, b))} <= bonds
+        # c continues the chain (proper torsion) or is another branch at a (relative torsion)
+        assert frozenset((b, c)) in bonds or frozenset((a, c)) in bonds
         placed.add(i)
-    assert all(topology.atom(k).element.symbol != "H" for k in zmatrix.rows[:, 1:].ravel())
+    assert all(topology.atom(k).element.symbol != "H" for k in zmatrix.rows[:, 1:3].ravel())
     # every bond of the molecule (a tree) is a bond coordinate
     assert {frozenset(pair) for pair in zmatrix.bond_atoms.tolist()} == bonds
 
 
-def test_heavy_atoms_come_first_and_hydrogen_siblings_share_references(zmatrix, alanine_dipeptide):
+def test_without_relative_torsions_all_torsions_are_proper_and_siblings_share_references(alanine_dipeptide):
     topology = alanine_dipeptide.mdtraj_topology
+    zmatrix = ZMatrix.from_topology(topology, relative_torsions=False)
+    bonds = {frozenset((b[0].index, b[1].index)) for b in topology.bonds}
+    for i, a, b, c in zmatrix.rows.tolist():
+        assert {frozenset((i, a)), frozenset((a, b)), frozenset((b, c))} <= bonds, "not a proper torsion chain"
     is_hydrogen = [topology.atom(k).element.symbol == "H" for k in zmatrix.placement_order]
     assert is_hydrogen == sorted(is_hydrogen), "a heavy atom is placed after a hydrogen"
     references_by_parent: dict[int, set] = {}
@@ -133,6 +139,45 @@ def test_heavy_atoms_come_first_and_hydrogen_siblings_share_references(zmatrix, 
             references_by_parent.setdefault(a, set()).add((b, c))
     assert len(references_by_parent) == 6  # N-H x2, CA-H, three methyls
     assert all(len(refs) == 1 for refs in references_by_parent.values())
+
+
+def test_relative_torsions_leave_one_free_torsion_per_rotatable_bond(zmatrix, alanine_dipeptide):
+    """Default Z-matrix: per bond a-b, the first branch has a proper torsion, later ones refer to it."""
+    topology = alanine_dipeptide.mdtraj_topology
+    name = {atom.index: f"{atom.residue.name}-{atom.name}" for atom in topology.atoms}
+    is_hydrogen = [topology.atom(k).element.symbol == "H" for k in zmatrix.placement_order]
+    assert is_hydrogen == sorted(is_hydrogen), "a heavy atom is placed after a hydrogen"
+    bonds = {frozenset((b[0].index, b[1].index)) for b in topology.bonds}
+    free = [(i, a, b, c) for i, a, b, c in zmatrix.rows.tolist() if frozenset((b, c)) in bonds]
+    assert sorted(name[i] for i, *_ in free) == sorted(
+        ["ACE-C", "NME-N", "ACE-O", "NME-C", "ALA-HB1", "ACE-H1", "NME-H1"]
+    )  # phi, psi, two omegas and three methyl rotors
+    assert len({frozenset((a, b)) for _, a, b, _ in free}) == len(free)
+    rows = {name[i]: (a, b, c) for i, a, b, c in zmatrix.rows.tolist()}
+    index = {value: key for key, value in name.items()}
+    for methyl in ("ACE-H", "ALA-HB", "NME-H"):
+        for k in (2, 3):
+            assert rows[f"{methyl}{k}"][2] == index[f"{methyl}1"]
+    assert rows["ALA-O"][2] == index["NME-N"] and rows["ALA-CB"][2] == index["ALA-C"]
+
+
+def test_relative_torsions_are_narrow_in_equilibrium_data(zmatrix, alanine_dipeptide):
+    """The offsets between branches are nearly fixed (std < 0.25 rad), the free torsions are not
+    (with the hydrogens of each methyl in one labelling, see boltzgen.equivalent_hydrogens)."""
+    from boltzgen.equivalent_hydrogens import canonicalize_hydrogen_labels, equivalent_hydrogen_groups
+    from boltzgen.systems import reference_data
+
+    groups = equivalent_hydrogen_groups(alanine_dipeptide.mdtraj_topology, alanine_dipeptide.openmm_system)
+    frames = np.array(reference_data("alanine_dipeptide_implicit").positions[::20])
+    positions = torch.as_tensor(canonicalize_hydrogen_labels(frames, groups)[0])
+    transform = InternalCoordinateTransform(zmatrix).fit_normalization(positions.reshape(len(positions), -1))
+    torsions = transform.physical_internal_coordinates(positions.reshape(len(positions), -1).double())[:, 41:]
+    resultant = torch.exp(1j * torsions).mean(0).abs()
+    circular_std = torch.sqrt(-2 * torch.log(resultant))
+    bonds = {frozenset((b[0].index, b[1].index)) for b in alanine_dipeptide.mdtraj_topology.bonds}
+    relative = torch.tensor([frozenset((b, c)) not in bonds for _, _, b, c in zmatrix.rows.tolist()])
+    assert circular_std[relative].max() < 0.25
+    assert (circular_std[~relative] > 0.25).sum() >= 5  # phi, psi and the three methyl rotors
 
 
 def test_phi_and_psi_are_torsion_coordinates(zmatrix, alanine_dipeptide, data, transform):
@@ -211,7 +256,7 @@ def test_any_connected_molecule_gets_a_valid_zmatrix_and_round_trips(elements, b
     assert all(frozenset((i, a)) in bonded for i, a, _, _ in zmatrix.rows.tolist())
     assert not topology.atom(zmatrix.root[1]).element.symbol == "H"
     if sum(symbol != "H" for symbol in elements) >= 3:  # references avoid hydrogens when they can
-        assert all(elements[k] != "H" for k in zmatrix.rows[:, 1:].ravel())
+        assert all(elements[k] != "H" for k in zmatrix.rows[:, 1:3].ravel())
 
     generator = torch.Generator().manual_seed(n_atoms)
     x = 0.15 * torch.randn(4, n_atoms * 3, generator=generator, dtype=torch.float64)

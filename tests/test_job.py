@@ -97,7 +97,7 @@ def test_whole_molecular_flow_is_invertible_with_consistent_density():
 
     torch.manual_seed(0)
     ad2 = systems.load("alanine_dipeptide_implicit")
-    data = torch.as_tensor(systems.reference_data("alanine_dipeptide_implicit").positions_flat()[::50]).double()
+    data = torch.tensor(systems.reference_data("alanine_dipeptide_implicit").positions_flat()[::50]).double()
     generator = build_molecular_generator(ad2.mdtraj_topology, data, get_profile("smoke")).double()
     perturb_parameters(generator.flow, scale=0.3, seed=1)
     x, log_q = generator.sample_with_log_prob(64)

@@ -4,6 +4,7 @@ from boltzgen.flows.base import Flow, InverseFlow, SequentialFlow
 from boltzgen.flows.conditioners import ConditionerFeatures, MLPConditioner
 from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
 from boltzgen.flows.internal_coordinates import InternalCoordinateTransform
+from boltzgen.flows.marginal_gaussian import TruncatedNormalMarginals
 from boltzgen.flows.shifts import CircularShift
 from boltzgen.flows.spline_stack import coupling_stack, spline_coupling_layer
 from boltzgen.flows.splines import RationalQuadraticSpline, circular_spline, interval_spline
@@ -26,5 +27,6 @@ __all__ = [
     "spline_coupling_layer",
     # internal coordinates (Z-matrix) for molecules
     "InternalCoordinateTransform",
+    "TruncatedNormalMarginals",
     "ZMatrix",
 ]

@@ -133,7 +133,7 @@ class ZMatrix:
         raise ValueError(f"no torsion over atoms {quadruple} (in either direction) in this Z-matrix")
 
     @classmethod
-    def from_topology(cls, topology) -> "ZMatrix":
+    def from_topology(cls, topology, relative_torsions: bool = True) -> "ZMatrix":
         """Build a Z-matrix from the bond graph of an ``mdtraj.Topology`` (or OpenMM topology).
 
         Works for any connected molecule with at least 3 atoms:
@@ -149,16 +149,25 @@ class ZMatrix:
         3. References of a new atom ``i`` with parent ``a`` (the placed atom it was reached from):
            ``b`` a placed neighbour of ``a`` and ``c`` a placed neighbour of ``b`` (``c != a``),
            preferring ``b = parent(a)``, ``c = parent(b)``, then heavy atoms, then low indices.
-           All children of one parent share the same ``(a, b, c)``, so the torsions of e.g. the
-           three methyl hydrogens differ by about 120 degrees and stay well defined. Where no
-           proper chain ends in a heavy atom (e.g. the middle carbon of propane), ``c`` is a heavy
-           placed neighbour of ``a`` instead (an improper torsion), then a hydrogen, then any
-           placed atom (e.g. methane).
+           Where no proper chain ends in a heavy atom (e.g. the middle carbon of propane), ``c``
+           is a heavy placed neighbour of ``a`` instead (an improper torsion), then a hydrogen,
+           then any placed atom (e.g. methane). Children of one parent are placed heavy atoms
+           first, backbone atoms first, then those with more heavy neighbours.
+        4. ``relative_torsions=True`` (the default): only the first branch around a bond gets that
+           proper torsion. If ``a`` already has a placed neighbour ``s`` other than ``b`` (an
+           earlier sibling of ``i``, or ``a``'s own heavy neighbour), ``c = s`` instead, heavy
+           atoms first, then the earliest placed: the torsion (i, a, b, s) is the angle between
+           ``i`` and ``s`` around the bond a-b, which is nearly fixed (about +-120 degrees for a
+           tetrahedral centre, 180 degrees for a planar one). So each rotatable bond carries one
+           free torsion and every other branch around it a narrow, unimodal offset (the bgflow
+           convention): e.g. the second and third methyl hydrogens, the carbonyl O next to the
+           next residue's N, or C-beta next to C at C-alpha (which fixes the chirality). With
+           ``False`` all children of a parent share one proper ``(a, b, c)`` and rotate together.
 
         Raises ``ValueError`` for fewer than 3 atoms or a disconnected bond graph.
         """
         graph = _BondGraph.from_topology(topology)
-        return _build_zmatrix(graph)
+        return _build_zmatrix(graph, relative_torsions=bool(relative_torsions))
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,7 @@ def _choose_references(
     return b, min(fallback, key=lambda v: preference(v, None))
 
 
-def _build_zmatrix(graph: _BondGraph) -> ZMatrix:
+def _build_zmatrix(graph: _BondGraph, relative_torsions: bool = True) -> ZMatrix:
     if graph.n_atoms < 3:
         raise ValueError(f"a Z-matrix needs a molecule of at least 3 atoms, got {graph.n_atoms}")
     unreachable = np.flatnonzero(graph.distances_from(0) < 0).tolist()
@@ -300,15 +309,27 @@ def _build_zmatrix(graph: _BondGraph) -> ZMatrix:
     placed = set(root)
     rows: list[tuple[int, int, int, int]] = []
 
+    placement_index = {atom: k for k, atom in enumerate(root)}
+
+    def branch_order(v: int):
+        heavy_neighbours = sum(not graph.is_hydrogen[w] for w in graph.neighbours[v])
+        return (graph.is_hydrogen[v], not graph.is_backbone[v], -heavy_neighbours, v)
+
     def place_children(a: int, children: Iterable[int]) -> list[int]:
-        children = [v for v in children if v not in placed]
+        children = sorted((v for v in children if v not in placed), key=branch_order)
         if not children:
             return []
-        b, c = _choose_references(graph, a, placed, parent)
+        b, proper_c = _choose_references(graph, a, placed, parent)
         for i in children:
+            c = proper_c
+            if relative_torsions:
+                siblings = [v for v in graph.neighbours[a] if v in placed and v != b]
+                if siblings:
+                    c = min(siblings, key=lambda v: (graph.is_hydrogen[v], placement_index[v]))
             rows.append((i, a, b, c))
             parent[i] = a
             placed.add(i)
+            placement_index[i] = len(placement_index)
         return children
 
     queue = deque([root[0], root[2], root[1]])

@@ -1,6 +1,7 @@
 """The main job, ``boltzgen run``: train a Boltzmann generator for a molecule, sample, reweight, analyse.
 
-Steps: load the data (shipped reference or a `boltzgen md` run) -> split train / held-out ->
+Steps: load the data (shipped reference or a `boltzgen md` run) -> give the interchangeable
+hydrogens of each methyl one labelling (`boltzgen.equivalent_hydrogens`) -> split train / held-out ->
 build the internal-coordinate spline flow -> train (NLL, then NLL + reverse KL) with atomic,
 resumable checkpoints -> draw samples with importance weights -> ESS, dF(phi > 0 vs phi < 0) with
 bootstrap errors, phi profile, E-W2, T-W2 against held-out frames -> plots, ``model.pt`` and
@@ -21,8 +22,9 @@ import torch
 import boltzgen
 from boltzgen.analysis.free_energy import FreeEnergyProfile
 from boltzgen.device import select_device
+from boltzgen.equivalent_hydrogens import canonicalize_hydrogen_labels, equivalent_hydrogen_groups
 from boltzgen.io import write_json_atomic
-from boltzgen.job.data import load_data, split_frames
+from boltzgen.job.data import MolecularData, load_data, split_frames
 from boltzgen.job.evaluate import evaluate
 from boltzgen.job.model import build_molecular_generator, in_support
 from boltzgen.job.profiles import RunProfile, get_profile
@@ -90,6 +92,9 @@ def run_job(options: RunOptions) -> dict:
     if getattr(system, "openmm_system", None) is None:
         raise ValueError(f"boltzgen run needs a molecular system; {options.system!r} is a toy energy")
     data = load_data(options.system, system.n_atoms, options.data_dir)
+    hydrogen_groups = equivalent_hydrogen_groups(system.mdtraj_topology, system.openmm_system)
+    canonical_positions, n_relabelled_frames = canonicalize_hydrogen_labels(data.positions, hydrogen_groups)
+    data = MolecularData(canonical_positions, data.reduced_energy, data.source)
     train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
     train, held_out = data.subset(train_index), data.subset(held_out_index)
 
@@ -123,6 +128,7 @@ def run_job(options: RunOptions) -> dict:
         **results,
         "n_energy_evals": n_energy_evals,
         "n_train_frames": train.n_frames,
+        "n_relabelled_frames": n_relabelled_frames,
         "n_held_out_frames": held_out.n_frames,
         "n_training_steps": state.global_step,
         "n_skipped_training_steps": state.n_skipped_steps,

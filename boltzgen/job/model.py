@@ -1,11 +1,18 @@
-"""The molecular Boltzmann generator of the job: uniform prior -> spline couplings -> internal coordinates."""
+"""The molecular Boltzmann generator of the job: uniform prior -> spline couplings ->
+truncated-normal marginals -> internal coordinates."""
 
 from __future__ import annotations
 
 import torch
 
 from boltzgen.distributions import UniformInterval
-from boltzgen.flows import InternalCoordinateTransform, SequentialFlow, ZMatrix, coupling_stack
+from boltzgen.flows import (
+    InternalCoordinateTransform,
+    SequentialFlow,
+    TruncatedNormalMarginals,
+    ZMatrix,
+    coupling_stack,
+)
 from boltzgen.generator import BoltzmannGenerator
 from boltzgen.job.profiles import RunProfile
 
@@ -15,24 +22,30 @@ def build_molecular_generator(
 ) -> BoltzmannGenerator:
     """A generator over Cartesian configurations ``[B, 3N]`` (nm) of the molecule.
 
-    The prior is uniform on ``[0, 1]^(3N-6)``; a stack of rational-quadratic spline couplings
-    (circular on torsions, interval on bonds and angles) maps it onto the normalised internal
-    coordinates, whose bond and angle intervals are fitted on ``train_positions`` ``[M, 3N]``; the
-    Z-matrix transform places the atoms. Global rotation and translation are not modelled (the
-    energy is invariant to them), so densities are over the 3N-6 internal degrees of freedom.
+    The prior is uniform on ``[0, 1]^(3N-6)``. A stack of rational-quadratic spline couplings
+    (circular on the free torsions, interval splines elsewhere) is followed by
+    `TruncatedNormalMarginals`, which gives every bond, angle and unimodal torsion (the nearly
+    fixed offsets of the Z-matrix's relative torsions) a normal marginal with the training data's
+    mean and width, and by the Z-matrix transform, which places the atoms; bond and angle
+    intervals and the marginals are fitted on ``train_positions`` ``[M, 3N]`` (nm). Global
+    rotation and translation are not modelled (the energy is invariant to them), so densities
+    are over the 3N-6 internal degrees of freedom.
     """
     zmatrix = ZMatrix.from_topology(mdtraj_topology)
     internal = InternalCoordinateTransform(zmatrix).fit_normalization(train_positions.double())
+    with torch.no_grad():
+        u_train, _ = internal.inverse(train_positions.double())
+    marginals = TruncatedNormalMarginals.fit(u_train, internal.circular_mask)
     couplings = coupling_stack(
         zmatrix.n_internal,
-        internal.circular_mask,
+        marginals.coupling_circular_mask,
         n_layers=profile.n_coupling_layers,
         hidden=profile.hidden,
         n_bins=profile.n_bins,
         seed=seed,
     )
     prior = UniformInterval(0.0, 1.0, dim=zmatrix.n_internal)
-    return BoltzmannGenerator(prior, SequentialFlow([couplings, internal]), target)
+    return BoltzmannGenerator(prior, SequentialFlow([couplings, marginals, internal]), target)
 
 
 def internal_coordinate_transform(generator: BoltzmannGenerator) -> InternalCoordinateTransform:
