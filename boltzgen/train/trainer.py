@@ -36,6 +36,8 @@ class TrainingStage:
         batch_size: data frames per step (NLL).
         kl_batch_size: generated samples per step (reverse KL; each costs one energy evaluation).
         warmup_steps: linear learning-rate warm-up at the start of the stage.
+        path_gradient: estimate the reverse-KL gradient along the samples' path (see
+            `boltzgen.train.losses.reverse_kl_loss`); False for the plain estimator.
     """
 
     name: str
@@ -47,6 +49,7 @@ class TrainingStage:
     kl_batch_size: int = 256
     warmup_steps: int = 0
     final_lr_fraction: float = 0.02
+    path_gradient: bool = True
 
     def __post_init__(self):
         if self.n_steps < 0 or self.batch_size <= 0 or self.kl_batch_size <= 0:
@@ -207,7 +210,7 @@ class Trainer:
             loss = loss + stage.nll_weight * nll
             record["nll"] = float(nll.detach())
         if stage.kl_weight > 0:
-            kl = reverse_kl_loss(self.generator, stage.kl_batch_size, self.cut)
+            kl = reverse_kl_loss(self.generator, stage.kl_batch_size, self.cut, stage.path_gradient)
             self.state.n_energy_evaluations += stage.kl_batch_size
             loss = loss + stage.kl_weight * kl.loss
             record.update(kl=float(kl.loss.detach()), n_energy_cut=kl.n_cut, mean_energy_kT=kl.mean_energy)
