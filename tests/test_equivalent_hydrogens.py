@@ -113,3 +113,21 @@ def test_bad_shapes_are_rejected(alanine_dipeptide):
         hydrogen_permutations(np.zeros((2, 22, 2)), groups)
     with pytest.raises(ValueError, match="particles"):
         equivalent_hydrogen_groups(mdtraj.Topology(), alanine_dipeptide.openmm_system)
+
+
+def test_job_data_permute_forces_with_the_positions(alanine_dipeptide):
+    """After relabelling, the stored forces are OpenMM's forces at the relabelled positions."""
+    from boltzgen.job.data import load_data
+
+    data = load_data("alanine_dipeptide_implicit", 22)
+    subset = data.subset(np.arange(0, data.n_frames, 3000))
+    groups = equivalent_hydrogen_groups(alanine_dipeptide.mdtraj_topology, alanine_dipeptide.openmm_system)
+    canonical, changed = subset.with_canonical_hydrogens(groups)
+    assert changed > 0 and not np.array_equal(canonical.positions, subset.positions)
+    energy = OpenMMEnergy(alanine_dipeptide.openmm_system, alanine_dipeptide.temperature, platform="Reference")
+    try:
+        forces = energy.force(torch.as_tensor(canonical.positions, dtype=torch.float64)).numpy()
+    finally:
+        energy.close()
+    np.testing.assert_allclose(canonical.forces, forces, rtol=1e-4, atol=0.05)
+    np.testing.assert_array_equal(canonical.reduced_energy, subset.reduced_energy)

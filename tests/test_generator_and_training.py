@@ -12,7 +12,7 @@ from boltzgen.errors import BoltzgenError
 from boltzgen.flows import Flow, SequentialFlow
 from boltzgen.sampling import ess
 from boltzgen.train import LinLogCut, Trainer, TrainerConfig, TrainingStage, load_checkpoint, nll_loss
-from boltzgen.train.losses import reverse_kl_loss
+from boltzgen.train.losses import force_matching_loss, reverse_kl_loss
 
 
 class GaussianEnergy(Energy):
@@ -204,3 +204,32 @@ def test_path_gradient_is_unbiased():
     for path_gradient in (True, False):
         _, gradient = _kl_gradients(generator, 200_000, path_gradient=path_gradient, seed=3)
         torch.testing.assert_close(gradient, expected, atol=0.01, rtol=0)
+
+
+def test_force_matching_loss_is_zero_for_the_exact_score_and_the_mean_square_otherwise():
+    target = GaussianEnergy(3)
+    generator = BoltzmannGenerator(NormalDistribution(3), ElementwiseAffine(3), target).double()
+    x = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = target.force(x)  # -grad u = -x = grad log q
+    assert force_matching_loss(generator, x, exact).item() < 1e-24
+    zero = torch.zeros_like(x)
+    loss = force_matching_loss(generator, x, zero, scale=2.0)
+    assert loss.item() == pytest.approx((x**2).sum(1).mean().item() / 2.0, rel=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        force_matching_loss(generator, x, zero[:, :2])
+
+
+def test_trainer_learns_a_gaussian_from_forces_alone():
+    """Force matching fixes the score -(x - mean) / std^2, hence mean and std, without any NLL."""
+    bg, data = _gaussian_problem()
+    forces = bg.target.force(data)
+    config = TrainerConfig(stages=[TrainingStage("fm", 400, nll_weight=0.0, force_weight=1.0, learning_rate=0.05,
+                                                 batch_size=256)], seed=0)
+    state = Trainer(bg, data, config, None, quiet=True, train_forces=forces).fit()
+    assert state.history[-1]["force_error"] < 1e-3
+    assert torch.allclose(bg.flow.shift, torch.tensor([1.5, -0.5]), atol=0.02)
+    assert torch.allclose(bg.flow.log_scale.exp(), torch.tensor([0.5, 2.0]), rtol=0.02)
+    with pytest.raises(ValueError, match="no train_forces"):
+        Trainer(bg, data, config, None, quiet=True)
+    with pytest.raises(ValueError, match="shape of train_data"):
+        Trainer(bg, data, config, None, quiet=True, train_forces=forces[:10])

@@ -478,3 +478,16 @@ def test_spline_matches_nflows_values_logdet_and_gradients(inverse, n_bins):
     torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(ld, ld_ref, atol=1e-8, rtol=0)
     torch.testing.assert_close(grad, grad_ref, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_spline_outputs_stay_in_the_unit_interval_in_float32(inverse):
+    """Extreme bins (a 1e-3-high bin over most of the width) must not push outputs out of [0, 1]."""
+    from boltzgen.flows.splines import rational_quadratic_spline
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(4096, 6, generator=generator)
+    x[:, 0] = 1.0
+    params = 6.0 * torch.randn(4096, 6, 25, generator=generator)
+    y, _ = rational_quadratic_spline(x, params[..., :8], params[..., 8:16], params[..., 16:], inverse=inverse)
+    assert ((y >= 0) & (y <= 1)).all()

@@ -180,10 +180,12 @@ def rational_quadratic_spline(
         d1 * theta * theta + 2.0 * slope * theta_one_minus + d0 * (1.0 - theta) ** 2
     )
     log_derivative = torch.log(derivative_numerator) - 2.0 * torch.log(denominator)
-    if inverse:
-        return outputs, -log_derivative
-    outputs = y0 + height * (slope * theta * theta + d0 * theta_one_minus) / denominator
-    return outputs, log_derivative
+    if not inverse:
+        outputs = y0 + height * (slope * theta * theta + d0 * theta_one_minus) / denominator
+    # the map is onto [0, 1]: clamp away rounding (in float32 the inverse root of a very flat bin
+    # can land ~1e-4 outside, which the next layer would reject)
+    outputs = outputs.clamp(0.0, 1.0)
+    return outputs, (-log_derivative if inverse else log_derivative)
 
 
 def interval_spline(

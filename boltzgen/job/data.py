@@ -12,6 +12,9 @@ from typing import Optional
 
 import numpy as np
 
+from boltzgen.equivalent_hydrogens import HydrogenGroup, hydrogen_permutations
+from boltzgen.units import kt_kj_per_mol
+
 
 @dataclass(frozen=True)
 class MolecularData:
@@ -21,18 +24,36 @@ class MolecularData:
         positions: ``[F, 3N]`` float32, nm.
         reduced_energy: ``[F]`` float64, kT.
         source: where the frames came from (for summary.json).
+        forces: ``[F, 3N]`` float32 target forces ``-du/dx`` in kT/nm, or None.
     """
 
     positions: np.ndarray
     reduced_energy: np.ndarray
     source: str
+    forces: Optional[np.ndarray] = None
 
     @property
     def n_frames(self) -> int:
         return int(self.positions.shape[0])
 
     def subset(self, index: np.ndarray) -> "MolecularData":
-        return MolecularData(self.positions[index], self.reduced_energy[index], self.source)
+        forces = None if self.forces is None else self.forces[index]
+        return MolecularData(self.positions[index], self.reduced_energy[index], self.source, forces)
+
+    def with_canonical_hydrogens(self, groups: list[HydrogenGroup]) -> tuple["MolecularData", int]:
+        """The frames with each group of equivalent hydrogens in its canonical labelling
+        (positions and forces permuted alike; see `boltzgen.equivalent_hydrogens`), and the
+        number of frames that changed."""
+        permutation = hydrogen_permutations(self.positions, groups)  # [F, N]
+        changed = int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
+
+        def permuted(values: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            if values is None:
+                return None
+            per_atom = values.reshape(values.shape[0], -1, 3)
+            return np.take_along_axis(per_atom, permutation[:, :, None], axis=1).reshape(values.shape)
+
+        return MolecularData(permuted(self.positions), self.reduced_energy, self.source, permuted(self.forces)), changed
 
 
 def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = None) -> MolecularData:
@@ -50,10 +71,13 @@ def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = N
         system_in_file = trajectory.metadata.get("system")
         if system_in_file not in (None, system_name):
             raise ValueError(f"{data_dir} was simulated for system {system_in_file!r}, not {system_name!r}")
+        kt = kt_kj_per_mol(float(trajectory.metadata["temperature_K"]))
+        forces = np.asarray(trajectory.forces, dtype=np.float64).reshape(-1, 3 * n_atoms) / kt
         return MolecularData(
             positions.reshape(-1, 3 * n_atoms),
             np.asarray(trajectory.reduced_energy, dtype=np.float64).reshape(-1),
             f"boltzgen md run in {Path(data_dir)}",
+            forces.astype(np.float32),
         )
     from boltzgen.systems import reference_data
 
@@ -62,6 +86,7 @@ def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = N
         np.asarray(reference.positions_flat(), dtype=np.float32),
         np.asarray(reference.reduced_energy, dtype=np.float64),
         f"shipped reference data of {system_name}",
+        reference.forces_flat_kT_per_nm(),
     )
 
 

@@ -2,7 +2,8 @@
 
 Steps: load the data (shipped reference or a `boltzgen md` run) -> give the interchangeable
 hydrogens of each methyl one labelling (`boltzgen.equivalent_hydrogens`) -> split train / held-out ->
-build the internal-coordinate spline flow -> train (NLL, then NLL + reverse KL) with atomic,
+build the internal-coordinate spline flow -> train (NLL + force matching on the data's forces,
+then the same + reverse KL) with atomic,
 resumable checkpoints -> draw samples with importance weights -> ESS, dF(phi > 0 vs phi < 0) with
 bootstrap errors, phi profile, E-W2, T-W2 against held-out frames -> plots, ``model.pt`` and
 ``summary.json`` in the output directory.
@@ -22,9 +23,9 @@ import torch
 import boltzgen
 from boltzgen.analysis.free_energy import FreeEnergyProfile
 from boltzgen.device import select_device
-from boltzgen.equivalent_hydrogens import canonicalize_hydrogen_labels, equivalent_hydrogen_groups
+from boltzgen.equivalent_hydrogens import equivalent_hydrogen_groups
 from boltzgen.io import write_json_atomic
-from boltzgen.job.data import MolecularData, load_data, split_frames
+from boltzgen.job.data import load_data, split_frames
 from boltzgen.job.evaluate import evaluate
 from boltzgen.job.model import build_molecular_generator, in_support
 from boltzgen.job.profiles import RunProfile, get_profile
@@ -53,15 +54,20 @@ class RunOptions:
     quiet: bool = False
 
 
-def trainer_config(profile: RunProfile, seed: int) -> TrainerConfig:
-    """Two stages: maximum likelihood, then maximum likelihood + weighted reverse KL."""
+def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True) -> TrainerConfig:
+    """Two stages: maximum likelihood (+ force matching when the data have forces), then the
+    same + weighted reverse KL against the target energy."""
+    force_weight = profile.force_weight if with_forces else 0.0
+    suffix = "+fm" if force_weight > 0 else ""
     return TrainerConfig(
         stages=[
-            TrainingStage("nll", profile.nll_steps, learning_rate=profile.nll_learning_rate,
-                          batch_size=profile.batch_size, warmup_steps=min(100, profile.nll_steps // 10)),
-            TrainingStage("nll+kl", profile.kl_steps, kl_weight=profile.kl_weight,
-                          learning_rate=profile.kl_learning_rate, batch_size=profile.batch_size,
-                          kl_batch_size=profile.kl_batch_size, warmup_steps=min(50, profile.kl_steps // 10)),
+            TrainingStage("nll" + suffix, profile.nll_steps, learning_rate=profile.nll_learning_rate,
+                          force_weight=force_weight, batch_size=profile.batch_size,
+                          warmup_steps=min(100, profile.nll_steps // 10)),
+            TrainingStage("nll" + suffix + "+kl", profile.kl_steps, kl_weight=profile.kl_weight,
+                          force_weight=force_weight, learning_rate=profile.kl_learning_rate,
+                          batch_size=profile.batch_size, kl_batch_size=profile.kl_batch_size,
+                          warmup_steps=min(50, profile.kl_steps // 10)),
         ],
         grad_clip_norm=GRAD_CLIP_NORM,
         checkpoint_every=max(1, min(250, profile.nll_steps // 4)),
@@ -97,8 +103,7 @@ def run_job(options: RunOptions) -> dict:
         raise ValueError(f"boltzgen run needs a molecular system; {options.system!r} is a toy energy")
     data = load_data(options.system, system.n_atoms, options.data_dir)
     hydrogen_groups = equivalent_hydrogen_groups(system.mdtraj_topology, system.openmm_system)
-    canonical_positions, n_relabelled_frames = canonicalize_hydrogen_labels(data.positions, hydrogen_groups)
-    data = MolecularData(canonical_positions, data.reduced_energy, data.source)
+    data, n_relabelled_frames = data.with_canonical_hydrogens(hydrogen_groups)
     train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
     train, held_out = data.subset(train_index), data.subset(held_out_index)
 
@@ -109,9 +114,12 @@ def run_job(options: RunOptions) -> dict:
     validation = validation[in_support(generator, validation)]
 
     run_config = {"options": asdict(options), "profile": profile.as_dict(), "data_source": data.source}
+    train_forces = None if train.forces is None else torch.as_tensor(train.forces, dtype=train_x.dtype)
+    config = trainer_config(profile, options.seed, with_forces=train_forces is not None)
     trainer = Trainer(
-        generator, train_x, trainer_config(profile, options.seed), out_dir / CHECKPOINT_FILE,
+        generator, train_x, config, out_dir / CHECKPOINT_FILE,
         validation_data=validation, device=device, run_config=run_config, quiet=options.quiet,
+        train_forces=train_forces,
     )
     state = trainer.fit()
     save_checkpoint(out_dir / MODEL_FILE, {"model_state": generator.state_dict(), "run_config": run_config})

@@ -20,6 +20,8 @@ class RunProfile:
         batch_size: data frames per step; kl_batch_size: generated samples per KL step.
         nll_learning_rate, kl_learning_rate: peak learning rates of the two stages.
         kl_weight: weight of the reverse KL next to the NLL (weight 1) in the second stage.
+        force_weight: weight of force matching (relative squared force error) in both stages,
+            used when the data carry forces.
         n_samples: generated samples for weights, ESS and free energies.
         n_metric_samples: samples on each side of the E-W2 / T-W2 metrics (BENCHMARKS.md: 10,000).
         n_bootstrap: bootstrap resamples for error bars.
@@ -37,6 +39,7 @@ class RunProfile:
     nll_learning_rate: float
     kl_learning_rate: float
     kl_weight: float
+    force_weight: float
     n_samples: int
     n_metric_samples: int
     n_bootstrap: int
@@ -49,8 +52,8 @@ PROFILES: dict[str, RunProfile] = {
     # The README's main command: about 15 minutes on 2 CPU cores.
     "quick": RunProfile(
         name="quick", n_coupling_layers=8, hidden=(128, 128), n_bins=8, max_train_frames=40_000,
-        nll_steps=1500, kl_steps=1500, batch_size=256, kl_batch_size=256,
-        nll_learning_rate=1e-3, kl_learning_rate=2e-4, kl_weight=1.0,
+        nll_steps=1500, kl_steps=200, batch_size=256, kl_batch_size=256,
+        nll_learning_rate=1e-3, kl_learning_rate=5e-5, kl_weight=0.1, force_weight=1.0,
         n_samples=20_000, n_metric_samples=10_000, n_bootstrap=200,
     ),
     # The benchmark profile: a larger model, mostly reverse-KL training (the 46k shipped frames are
@@ -58,14 +61,14 @@ PROFILES: dict[str, RunProfile] = {
     "full": RunProfile(
         name="full", n_coupling_layers=12, hidden=(256, 256), n_bins=12, max_train_frames=45_000,
         nll_steps=3000, kl_steps=20_000, batch_size=512, kl_batch_size=1024,
-        nll_learning_rate=1e-3, kl_learning_rate=1e-4, kl_weight=1.0,
+        nll_learning_rate=1e-3, kl_learning_rate=1e-4, kl_weight=1.0, force_weight=1.0,
         n_samples=100_000, n_metric_samples=10_000, n_bootstrap=500,
     ),
     # Seconds: the end-to-end test of the job's plumbing (numbers are meaningless).
     "smoke": RunProfile(
         name="smoke", n_coupling_layers=2, hidden=(16,), n_bins=4, max_train_frames=500,
         nll_steps=6, kl_steps=3, batch_size=32, kl_batch_size=16,
-        nll_learning_rate=1e-3, kl_learning_rate=1e-4, kl_weight=0.3,
+        nll_learning_rate=1e-3, kl_learning_rate=1e-4, kl_weight=0.3, force_weight=1.0,
         n_samples=300, n_metric_samples=200, n_bootstrap=20,
     ),
 }

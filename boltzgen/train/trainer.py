@@ -21,7 +21,7 @@ import torch
 from boltzgen.errors import BoltzgenError
 from boltzgen.progress import progress_bar
 from boltzgen.train.checkpoint import load_checkpoint, save_checkpoint
-from boltzgen.train.losses import LinLogCut, nll_loss, reverse_kl_loss
+from boltzgen.train.losses import LinLogCut, force_matching_loss, nll_loss, reverse_kl_loss
 
 
 @dataclass
@@ -32,6 +32,8 @@ class TrainingStage:
         name: label shown in the progress bar and the history.
         n_steps: optimizer steps in this stage.
         nll_weight, kl_weight: weights of the data NLL and the reverse KL in the loss.
+        force_weight: weight of force matching on the data (needs ``train_forces``); the term is
+            the relative squared force error, so ~1 balances it with the NLL.
         learning_rate: peak learning rate; cosine-decays to ``learning_rate * final_lr_fraction``.
         batch_size: data frames per step (NLL).
         kl_batch_size: generated samples per step (reverse KL; each costs one energy evaluation).
@@ -44,6 +46,7 @@ class TrainingStage:
     n_steps: int
     nll_weight: float = 1.0
     kl_weight: float = 0.0
+    force_weight: float = 0.0
     learning_rate: float = 1e-3
     batch_size: int = 256
     kl_batch_size: int = 256
@@ -54,8 +57,9 @@ class TrainingStage:
     def __post_init__(self):
         if self.n_steps < 0 or self.batch_size <= 0 or self.kl_batch_size <= 0:
             raise ValueError(f"stage {self.name!r}: n_steps >= 0 and positive batch sizes required")
-        if self.nll_weight < 0 or self.kl_weight < 0 or self.nll_weight + self.kl_weight == 0:
-            raise ValueError(f"stage {self.name!r}: loss weights must be >= 0 and not both zero")
+        weights = (self.nll_weight, self.kl_weight, self.force_weight)
+        if min(weights) < 0 or sum(weights) == 0:
+            raise ValueError(f"stage {self.name!r}: loss weights must be >= 0 and not all zero")
 
     def learning_rate_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -116,6 +120,8 @@ class Trainer:
         config: stages and shared settings.
         checkpoint_path: where to write checkpoints (and resume from, if present); None: no files.
         validation_data: held-out configurations for the validation NLL per dimension.
+        train_forces: target forces ``[M, D]`` (kT/nm) at ``train_data``, for stages with
+            ``force_weight > 0``.
         device: torch device for the model and data.
         run_config: extra JSON-serialisable settings stored in checkpoints (e.g. the CLI's options).
         quiet: no progress bar.
@@ -131,12 +137,22 @@ class Trainer:
         device: torch.device | str = "cpu",
         run_config: Optional[dict] = None,
         quiet: bool = False,
+        train_forces: Optional[torch.Tensor] = None,
     ):
         if train_data.dim() != 2 or train_data.shape[0] == 0:
             raise ValueError(f"train_data must be a non-empty [M, D] tensor, got {list(train_data.shape)}")
+        if train_forces is not None and train_forces.shape != train_data.shape:
+            raise ValueError(
+                f"train_forces {list(train_forces.shape)} must have the shape of train_data {list(train_data.shape)}"
+            )
+        if train_forces is None and any(stage.force_weight > 0 for stage in config.stages):
+            raise ValueError("a stage has force_weight > 0 but no train_forces were given")
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
         self.train_data = train_data.to(self.device)
+        self.train_forces = None if train_forces is None else train_forces.to(self.device, train_data.dtype)
+        # force matching is reported relative to the data's mean squared force
+        self.force_scale = None if train_forces is None else float((train_forces.double() ** 2).sum(-1).mean())
         self.validation_data = None if validation_data is None else validation_data.to(self.device)
         self.config = config
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
@@ -204,11 +220,18 @@ class Trainer:
     def _step(self, stage: TrainingStage) -> dict:
         loss = torch.zeros((), device=self.device)
         record: dict = {}
-        if stage.nll_weight > 0:
+        if stage.nll_weight > 0 or stage.force_weight > 0:
             idx = torch.randint(0, self.train_data.shape[0], (stage.batch_size,), generator=self.batch_generator)
-            nll = nll_loss(self.generator, self.train_data[idx.to(self.device)])
+            idx = idx.to(self.device)
+            batch = self.train_data[idx]
+        if stage.nll_weight > 0:
+            nll = nll_loss(self.generator, batch)
             loss = loss + stage.nll_weight * nll
             record["nll"] = float(nll.detach())
+        if stage.force_weight > 0:
+            fm = force_matching_loss(self.generator, batch, self.train_forces[idx], self.force_scale)
+            loss = loss + stage.force_weight * fm
+            record["force_error"] = float(fm.detach())
         if stage.kl_weight > 0:
             kl = reverse_kl_loss(self.generator, stage.kl_batch_size, self.cut, stage.path_gradient)
             self.state.n_energy_evaluations += stage.kl_batch_size
@@ -253,7 +276,7 @@ class Trainer:
                                       val_nll_per_dim=self.validation_nll_per_dim())
                         self.state.history.append(record)
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
-                                         if k in ("nll", "kl", "val_nll_per_dim")})
+                                         if k in ("nll", "kl", "force_error", "val_nll_per_dim")})
                     if self.state.global_step % self.config.checkpoint_every == 0:
                         self.state.wall_s = time.perf_counter() - start
                         self.save()
