@@ -122,14 +122,22 @@ def canonicalize_hydrogen_labels(
 
     Returns:
         ``(relabelled positions`` of the input's shape and dtype``, number of frames changed)``.
-        Apply the same permutation to per-atom arrays (forces) with `hydrogen_permutations` if needed.
+        Relabel other per-atom arrays (forces) alike with `hydrogen_permutations` and
+        `apply_hydrogen_permutation`.
     """
     permutation = hydrogen_permutations(positions, groups)
-    frames = np.asarray(positions)
-    shaped = frames.reshape(frames.shape[0], -1, 3)
-    relabelled = np.take_along_axis(shaped, permutation[:, :, None], axis=1)
-    changed = int((permutation != np.arange(shaped.shape[1])).any(axis=1).sum())
-    return relabelled.reshape(frames.shape), changed
+    changed = int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
+    return apply_hydrogen_permutation(positions, permutation), changed
+
+
+def apply_hydrogen_permutation(values: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    """Per-atom values ``[F, N, 3]`` or ``[F, 3N]`` (positions, forces) relabelled by
+    ``permutation`` ``[F, N]`` from `hydrogen_permutations`; same shape and dtype."""
+    array = np.asarray(values)
+    per_atom = array.reshape(array.shape[0], -1, 3)
+    if per_atom.shape[:2] != permutation.shape:
+        raise ValueError(f"values {array.shape} do not match the permutation {permutation.shape} ([F, N])")
+    return np.take_along_axis(per_atom, permutation[:, :, None], axis=1).reshape(array.shape)
 
 
 def hydrogen_permutations(positions: np.ndarray, groups: list[HydrogenGroup]) -> np.ndarray:

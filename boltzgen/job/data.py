@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from boltzgen.equivalent_hydrogens import HydrogenGroup, hydrogen_permutations
+from boltzgen.equivalent_hydrogens import HydrogenGroup, apply_hydrogen_permutation, hydrogen_permutations
 from boltzgen.units import kt_kj_per_mol
 
 
@@ -46,14 +46,9 @@ class MolecularData:
         number of frames that changed."""
         permutation = hydrogen_permutations(self.positions, groups)  # [F, N]
         changed = int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
-
-        def permuted(values: Optional[np.ndarray]) -> Optional[np.ndarray]:
-            if values is None:
-                return None
-            per_atom = values.reshape(values.shape[0], -1, 3)
-            return np.take_along_axis(per_atom, permutation[:, :, None], axis=1).reshape(values.shape)
-
-        return MolecularData(permuted(self.positions), self.reduced_energy, self.source, permuted(self.forces)), changed
+        positions = apply_hydrogen_permutation(self.positions, permutation)
+        forces = None if self.forces is None else apply_hydrogen_permutation(self.forces, permutation)
+        return MolecularData(positions, self.reduced_energy, self.source, forces), changed
 
 
 def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = None) -> MolecularData:
