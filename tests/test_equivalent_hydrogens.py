@@ -11,6 +11,7 @@ import torch
 from boltzgen import systems
 from boltzgen.energy import OpenMMEnergy
 from boltzgen.equivalent_hydrogens import (
+    apply_hydrogen_permutation,
     canonicalize_hydrogen_labels,
     equivalent_hydrogen_groups,
     hydrogen_permutations,
@@ -111,6 +112,8 @@ def test_bad_shapes_are_rejected(alanine_dipeptide):
     groups = equivalent_hydrogen_groups(alanine_dipeptide.mdtraj_topology)
     with pytest.raises(ValueError, match=r"\[F, N, 3\] or \[F, 3N\]"):
         hydrogen_permutations(np.zeros((2, 22, 2)), groups)
+    with pytest.raises(ValueError, match="do not match the permutation"):
+        apply_hydrogen_permutation(np.zeros((2, 66)), np.zeros((2, 21), dtype=np.int64))
     with pytest.raises(ValueError, match="particles"):
         equivalent_hydrogen_groups(mdtraj.Topology(), alanine_dipeptide.openmm_system)
 
