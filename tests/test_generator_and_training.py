@@ -176,6 +176,16 @@ def test_nonfinite_loss_skips_the_step_instead_of_corrupting_parameters():
     assert nll_loss(bg, data[:2]).isnan()
 
 
+def test_many_consecutive_nonfinite_steps_stop_training_with_a_clear_error():
+    bg, data = _gaussian_problem()
+    config = TrainerConfig([TrainingStage("nll", 10)], max_consecutive_skipped_steps=4)
+    good = Trainer(bg, data, config, None, quiet=True).fit()  # finite data: never stops
+    assert good.global_step == 10 and good.n_consecutive_skipped_steps == 0
+    data[:] = math.nan
+    with pytest.raises(BoltzgenError, match="training diverged: 4 consecutive steps"):
+        Trainer(bg, data, config, None, quiet=True).fit()
+
+
 def _kl_gradients(generator, n, path_gradient, seed=0):
     torch.manual_seed(seed)
     generator.zero_grad()

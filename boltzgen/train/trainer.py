@@ -83,6 +83,7 @@ class TrainerConfig:
     validate_every: int = 200
     validation_batch_size: int = 2048
     seed: int = 0
+    max_consecutive_skipped_steps: int = 100
 
     @property
     def total_steps(self) -> int:
@@ -106,6 +107,7 @@ class TrainingState:
     step_in_stage: int = 0
     global_step: int = 0
     n_skipped_steps: int = 0
+    n_consecutive_skipped_steps: int = 0
     n_energy_evaluations: int = 0
     wall_s: float = 0.0
     history: list = field(default_factory=list)
@@ -253,6 +255,20 @@ class Trainer:
         record.update(loss=float(loss.detach()), grad_norm=float(grad_norm))
         return record
 
+    def _check_not_diverged(self, record: dict) -> None:
+        """Count consecutive skipped (non-finite) steps; too many means training has diverged."""
+        if not record.get("skipped"):
+            self.state.n_consecutive_skipped_steps = 0
+            return
+        self.state.n_consecutive_skipped_steps += 1
+        if self.state.n_consecutive_skipped_steps >= self.config.max_consecutive_skipped_steps:
+            raise BoltzgenError(
+                f"training diverged: {self.state.n_consecutive_skipped_steps} consecutive steps with a "
+                f"non-finite loss or gradient (up to step {self.state.global_step + 1}); the last "
+                "checkpoint holds the model before that. Lower the learning rate or the force-matching "
+                "weight, or check the data for NaN"
+            )
+
     def fit(self) -> TrainingState:
         """Run (or resume) all stages; returns the final `TrainingState` (with history)."""
         self.restore()
@@ -266,6 +282,7 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = stage.learning_rate_at(self.state.step_in_stage)
                     record = self._step(stage)
+                    self._check_not_diverged(record)
                     self.state.step_in_stage += 1
                     self.state.global_step += 1
                     bar.update(1)
