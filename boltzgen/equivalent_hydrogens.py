@@ -126,8 +126,12 @@ def canonicalize_hydrogen_labels(
         `apply_hydrogen_permutation`.
     """
     permutation = hydrogen_permutations(positions, groups)
-    changed = int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
-    return apply_hydrogen_permutation(positions, permutation), changed
+    return apply_hydrogen_permutation(positions, permutation), count_relabelled_frames(permutation)
+
+
+def count_relabelled_frames(permutation: np.ndarray) -> int:
+    """Number of frames whose ``permutation`` ``[F, N]`` row is not the identity."""
+    return int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
 
 
 def apply_hydrogen_permutation(values: np.ndarray, permutation: np.ndarray) -> np.ndarray:

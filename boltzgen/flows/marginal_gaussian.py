@@ -131,16 +131,17 @@ class TruncatedNormalMarginals(Flow):
         return self.circular & ~self.active
 
     # ---------------------------------------------------------------- the map
-    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised truncation bounds ``alpha, beta`` ``[D]`` (float64)."""
+    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Standardised truncation bounds ``alpha, beta`` and the normal mass between them, ``[D]``
+        each (float64)."""
         mean, std = self.mean.double(), self.std.double()
         low = torch.where(self.circular, mean - 0.5, torch.zeros_like(mean))
         high = torch.where(self.circular, mean + 0.5, torch.ones_like(mean))
-        return (low - mean) / std, (high - mean) / std
+        alpha, beta = (low - mean) / std, (high - mean) / std
+        return alpha, beta, torch.special.ndtr(beta) - torch.special.ndtr(alpha)
 
-    def _log_density(self, xi: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    def _log_density(self, xi: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
         """log f(u) for standardised ``xi``: normal log-pdf minus log(std * mass inside)."""
-        mass = torch.special.ndtr(beta) - torch.special.ndtr(alpha)
         return -0.5 * xi**2 - _LOG_SQRT_2PI - torch.log(self.std.double()) - torch.log(mass)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -149,26 +150,25 @@ class TruncatedNormalMarginals(Flow):
 
     def _forward(self, v, context=None):
         self._check(v)
-        alpha, beta = self._bounds()
+        alpha, beta, mass = self._bounds()
         w = v.double().clamp(0.0, 1.0)
-        lower = torch.special.ndtr(alpha) + w * (torch.special.ndtr(beta) - torch.special.ndtr(alpha))
+        lower = torch.special.ndtr(alpha) + w * mass
         upper = (1.0 - w) * torch.special.ndtr(-alpha) + w * torch.special.ndtr(-beta)
         xi = torch.where(lower < 0.5, torch.special.ndtri(lower), -torch.special.ndtri(upper))
         xi = torch.minimum(torch.maximum(xi, alpha), beta)
         u = self.mean.double() + self.std.double() * xi
         u = torch.where(self.circular, torch.remainder(u, 1.0), u)
         u = torch.where(self.active, u, v.double())
-        logdet = -torch.where(self.active, self._log_density(xi, alpha, beta), 0.0).sum(-1)
+        logdet = -torch.where(self.active, self._log_density(xi, mass), 0.0).sum(-1)
         return u.to(v.dtype), logdet.to(v.dtype)
 
     def _inverse(self, u, context=None):
         self._check(u)
-        alpha, beta = self._bounds()
+        alpha, beta, mass = self._bounds()
         mean, std = self.mean.double(), self.std.double()
         x = u.double()
         x = torch.where(self.circular, mean + torch.remainder(x - mean + 0.5, 1.0) - 0.5, x)
         xi = torch.minimum(torch.maximum((x - mean) / std, alpha), beta)
-        mass = torch.special.ndtr(beta) - torch.special.ndtr(alpha)
         from_below = (torch.special.ndtr(xi) - torch.special.ndtr(alpha)) / mass
         from_above = 1.0 - (torch.special.ndtr(-xi) - torch.special.ndtr(-beta)) / mass
         v = torch.where(xi < 0, from_below, from_above)
@@ -176,7 +176,7 @@ class TruncatedNormalMarginals(Flow):
         outside_high = ~self.circular & (x > 1)
         v = torch.where(outside_low, x, torch.where(outside_high, x, v))
         v = torch.where(self.active, v, u.double())
-        logdet = torch.where(self.active, self._log_density(xi, alpha, beta), 0.0).sum(-1)
+        logdet = torch.where(self.active, self._log_density(xi, mass), 0.0).sum(-1)
         return v.to(u.dtype), logdet.to(u.dtype)
 
     def extra_repr(self) -> str:

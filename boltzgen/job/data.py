@@ -12,7 +12,12 @@ from typing import Optional
 
 import numpy as np
 
-from boltzgen.equivalent_hydrogens import HydrogenGroup, apply_hydrogen_permutation, hydrogen_permutations
+from boltzgen.equivalent_hydrogens import (
+    HydrogenGroup,
+    apply_hydrogen_permutation,
+    count_relabelled_frames,
+    hydrogen_permutations,
+)
 from boltzgen.units import kt_kj_per_mol
 
 
@@ -45,7 +50,7 @@ class MolecularData:
         (positions and forces permuted alike; see `boltzgen.equivalent_hydrogens`), and the
         number of frames that changed."""
         permutation = hydrogen_permutations(self.positions, groups)  # [F, N]
-        changed = int((permutation != np.arange(permutation.shape[1])).any(axis=1).sum())
+        changed = count_relabelled_frames(permutation)
         positions = apply_hydrogen_permutation(self.positions, permutation)
         forces = None if self.forces is None else apply_hydrogen_permutation(self.forces, permutation)
         return MolecularData(positions, self.reduced_energy, self.source, forces), changed
