@@ -166,6 +166,7 @@ def _md_command(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from boltzgen.energy.backends import ENERGY_BACKENDS
     from boltzgen.job import PROFILES
 
     parser.add_argument("system", help="molecular system name (see `boltzgen systems`)")
@@ -178,6 +179,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on a `boltzgen md` output directory instead of the shipped reference data")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random (default 0)")
     parser.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: CUDA if available)")
+    parser.add_argument("--energy", choices=ENERGY_BACKENDS, default="auto",
+                        help="target energy: torch (batched PyTorch force field), openmm (OpenMM Contexts), "
+                             "or auto (torch when it supports every force of the system; default)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform of the target energy (default: fastest)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -189,6 +193,7 @@ def _run_command(args: argparse.Namespace) -> int:
     options = RunOptions(
         system=args.system, out_dir=args.out, profile=args.profile or "quick", seed=args.seed,
         device=args.device, data_dir=args.data, energy_platform=args.platform, quiet=args.quiet,
+        energy_backend=args.energy,
     )
     try:
         summary = run_job(options)

@@ -50,11 +50,15 @@ class MolecularSystem:
 
         return mdtraj.Topology.from_openmm(self.topology)
 
-    def energy(self, **options):
-        """The system's reduced energy as a `boltzgen.energy.OpenMMEnergy` (options passed on)."""
-        from boltzgen.energy.openmm import OpenMMEnergy
+    def energy(self, backend: str = "auto", **options):
+        """The system's reduced energy (kT): `boltzgen.energy.TorchEnergy` or `OpenMMEnergy`.
 
-        return OpenMMEnergy(self.openmm_system, self.temperature, **options)
+        ``backend``: ``"torch"``, ``"openmm"`` or ``"auto"`` (torch when every force compiles); other
+        options go to `boltzgen.energy.backends.system_energy` (``platform``, ``device``, ...).
+        """
+        from boltzgen.energy.backends import system_energy
+
+        return system_energy(self.openmm_system, self.temperature, backend=backend, **options)
 
 
 @dataclass

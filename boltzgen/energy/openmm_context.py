@@ -52,6 +52,10 @@ class ContextEvaluator:
         self._properties = dict(properties)
         self._context = create_context(system, platform_name, self._properties)
         self.n_particles: int = system.getNumParticles()
+        #: Virtual sites are placed from their parents before each evaluation (their input
+        #: coordinates are ignored) and get force 0.
+        self._virtual_sites = [i for i in range(self.n_particles) if system.isVirtualSite(i)]
+        self._has_virtual_sites = bool(self._virtual_sites)
         #: How many times the Context was reinitialised or recreated after a failed row.
         self.n_recoveries: int = 0
 
@@ -80,10 +84,16 @@ class ContextEvaluator:
         for row in rows:
             try:
                 self._context.setPositions(positions[row])
+                if self._has_virtual_sites:
+                    self._context.computeVirtualSites()
                 state = self._context.getState(energy=True, forces=want_forces)
                 energy = read_potential_energy(state)
                 if want_forces:
                     read_forces_into(state, forces[row])
+                    if self._has_virtual_sites:
+                        # OpenMM hands a site's force on to its parents but still reports it on the
+                        # site; the energy does not depend on the site's own coordinates: -du/dx = 0.
+                        forces[row, self._virtual_sites] = 0.0
             except openmm.OpenMMException:  # e.g. "Particle coordinate is NaN" on the CPU platform
                 energy = math.nan
             if not math.isfinite(energy):

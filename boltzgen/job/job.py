@@ -52,6 +52,7 @@ class RunOptions:
     data_dir: Optional[str] = None
     energy_platform: str = "auto"
     quiet: bool = False
+    energy_backend: str = "auto"
 
 
 def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True) -> TrainerConfig:
@@ -107,7 +108,7 @@ def run_job(options: RunOptions) -> dict:
     train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
     train, held_out = data.subset(train_index), data.subset(held_out_index)
 
-    target = system.energy(platform=options.energy_platform)
+    target = system.energy(backend=options.energy_backend, platform=options.energy_platform, device=device)
     train_x = torch.as_tensor(train.positions, dtype=torch.get_default_dtype())
     generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed)
     validation = torch.as_tensor(held_out.positions[: 4 * profile.batch_size], dtype=torch.get_default_dtype())
@@ -147,6 +148,8 @@ def run_job(options: RunOptions) -> dict:
         "training_wall_s": state.wall_s,
         "wall_s": time.perf_counter() - start,
         "device": str(device),
+        "energy_backend": target.backend,
+        "energy_backend_note": target.backend_note,
         "torch_threads": torch.get_num_threads(),
         "data_source": data.source,
         "boltzgen_version": boltzgen.__version__,
