@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boltzgen.energy.allocator import keep_freed_memory_in_process
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "energy_throughput.json"
 SYSTEMS = ("alanine_dipeptide_implicit", "alanine_dipeptide_vacuum")
 BATCH_SIZES = (1, 64, 1024, 8192)
@@ -147,12 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="torch device of TorchEnergy (cpu, cuda)")
     parser.add_argument("--torch-only", action="store_true", help="skip the OpenMM variants")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's default, one per core)")
     parser.add_argument("--min-configurations", type=int, default=MIN_CONFIGURATIONS_PER_TIMING,
                         help="configurations per timing (calls repeat small batches)")
     args = parser.parse_args(argv)
 
     from boltzgen import systems
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     started = time.perf_counter()
     rows, checks = [], {}
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
     try:
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         "unit": "energy+force evaluations per second (configurations/s)",
         "machine": machine,
         "settings": {"rounds": args.rounds, "batch_sizes": args.batch_sizes, "systems": args.systems,
-                     "min_configurations_per_timing": args.min_configurations, "dtype": "float32"},
+                     "min_configurations_per_timing": args.min_configurations, "dtype": "float32",
+                     "malloc_tuned": bool(keep_freed_memory_in_process())},
         "agreement_float32_vs_float64_reference": checks,
         "rows": rows,
         "wall_s": wall_s,

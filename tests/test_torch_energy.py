@@ -201,3 +201,46 @@ def test_backend_choice():
         system_energy(unsupported, TEMPERATURE, backend="torch")
     with pytest.raises(ValueError, match="unknown energy backend"):
         system_energy(unsupported, TEMPERATURE, backend="gpu")
+
+
+def ad2_periodic_gb() -> openmm.System:
+    """AD2 with amber99sbildn + OBC in a 2.5 nm periodic box, CutoffPeriodic 1.0 nm (GB, nonbonded and bonded terms all periodic)."""
+    topology = copy.deepcopy(ad2().topology)
+    topology.setPeriodicBoxVectors(np.eye(3) * 2.5 * unit.nanometer)
+    return app.ForceField("amber99sbildn.xml", "amber99_obc.xml").createSystem(
+        topology, nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=1.0 * unit.nanometer, constraints=None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", [lambda: ad2().openmm_system, ad2_periodic_gb], ids=["nocutoff", "periodic_gb"])
+def test_compiled_energy_matches_eager(builder):
+    """torch.compile'd evaluation (`TorchEnergy.compiled`) gives eager's energies and forces (float64)."""
+    system = builder()
+    x = perturbed(ad2().positions, scales=(0.0, 0.01, 0.03), per_scale=2)
+    eager = TorchEnergy.from_openmm(system, TEMPERATURE, dtype=torch.float64)
+    compiled = TorchEnergy.from_openmm(system, TEMPERATURE, dtype=torch.float64).compiled()
+    u, f = eager.energy_and_force(x)
+    u_c, f_c = compiled.energy_and_force(x)
+    assert torch.allclose(u_c, u, rtol=1e-10, atol=1e-9)
+    assert torch.allclose(f_c, f, rtol=1e-9, atol=1e-7)
+    reference = OpenMMEnergy(system, TEMPERATURE, "Reference", n_workers=1, parallel="serial")
+    u_ref, f_ref = reference.energy_and_force(x)
+    assert ((u_c - u_ref).abs() / u_ref.abs().clamp_min(1.0)).max() < 1e-6
+    assert (torch.linalg.vector_norm(f_c - f_ref, dim=1) / torch.linalg.vector_norm(f_ref, dim=1)).max() < 1e-6
+
+
+def test_malloc_tuning_is_applied_once_and_can_be_disabled(tmp_path):
+    import subprocess
+    import sys
+
+    from boltzgen.energy.allocator import keep_freed_memory_in_process
+
+    first = keep_freed_memory_in_process()
+    assert keep_freed_memory_in_process() is first
+    assert TorchEnergy.from_openmm(ad2().openmm_system, TEMPERATURE).malloc_tuned is first
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert first is True
+    code = "from boltzgen.energy.allocator import keep_freed_memory_in_process as k; print(k())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**__import__("os").environ, "BOLTZGEN_KEEP_MALLOC_DEFAULTS": "1"})
+    assert result.stdout.strip() == "False", result.stderr

@@ -18,6 +18,7 @@ from typing import Sequence
 import openmm
 import torch
 
+from boltzgen.energy.allocator import keep_freed_memory_in_process
 from boltzgen.energy.base import Energy
 from boltzgen.energy.openmm import NonFiniteEnergyWarning
 from boltzgen.energy.torch_forces.base import ForceTerm
@@ -66,6 +67,9 @@ class TorchEnergy(Energy):
         virtual_sites: VirtualSitePlacer | None = None,
     ):
         super().__init__(3 * int(n_particles), temperature)
+        #: Whether glibc keeps freed memory in the process (about 2x faster evaluations on CPU;
+        #: see `boltzgen.energy.allocator`).
+        self.malloc_tuned = keep_freed_memory_in_process()
         self.n_particles = int(n_particles)
         #: k_B T in kJ/mol.
         self.kt = kt_kj_per_mol(temperature)

@@ -19,7 +19,7 @@ Conventions checked against OpenMM's reference platform (``ReferenceHarmonicBond
   replaced by its minimum image separately, as OpenMM does.
 
 Layout, for speed on CPU and GPU alike: positions are turned "batch-last" once per term,
-``[B, N, 3] -> [3, N, B]`` (`batch_last`), so that gathering atoms is a copy of contiguous rows
+``[B, N, 3] -> [3, N, B]`` (`layout.batch_last`), so that gathering atoms is a copy of contiguous rows
 (``index_select`` on dim 1, whose backward is a row-wise ``index_add``), and vectors are handled
 as three contiguous ``[K, B]`` components (``unbind``: no per-component ``select`` whose backward
 would zero-fill the whole tensor each time). Cross and dot products are written out per
@@ -34,57 +34,9 @@ import openmm
 import torch
 
 from boltzgen.energy.torch_forces.base import ForceTerm, as_float_buffer, as_index_buffer
+from boltzgen.energy.torch_forces.layout import batch_last, gather_atoms, minimum_image_components
 
-__all__ = [
-    "HarmonicBondTerm",
-    "HarmonicAngleTerm",
-    "PeriodicTorsionTerm",
-    "RBTorsionTerm",
-    "batch_last",
-    "displacement_components",
-    "gather_atoms",
-    "minimum_image_components",
-]
-
-
-# ----------------------------------------------------------------------------- batch-last helpers
-
-
-def batch_last(positions: torch.Tensor) -> torch.Tensor:
-    """Positions ``[B, N, 3]`` -> contiguous ``[3, N, B]``: per coordinate, one row per atom across the batch."""
-    return positions.permute(2, 1, 0).contiguous()
-
-
-def gather_atoms(points: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
-    """Batch-last positions ``[3, N, B]`` of the atoms ``[K]`` -> ``[3, K, B]`` (row copies)."""
-    return points.index_select(1, atoms)
-
-
-def minimum_image_components(
-    dx: torch.Tensor, dy: torch.Tensor, dz: torch.Tensor, box: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """OpenMM's minimum image of displacements given by components (any equal shapes).
-
-    ``getDeltaRPeriodic``: shift by c, then b, then a, each ``floor(d_k / box_kk + 0.5)`` times;
-    box rows a, b, c in OpenMM's reduced form (so a shift by c or b also moves the lower components).
-    """
-    box = box.to(dx.dtype)
-    shift = torch.floor(dz / box[2, 2] + 0.5)
-    dx, dy, dz = dx - shift * box[2, 0], dy - shift * box[2, 1], dz - shift * box[2, 2]
-    shift = torch.floor(dy / box[1, 1] + 0.5)
-    dx, dy = dx - shift * box[1, 0], dy - shift * box[1, 1]
-    shift = torch.floor(dx / box[0, 0] + 0.5)
-    return dx - shift * box[0, 0], dy, dz
-
-
-def displacement_components(
-    points: torch.Tensor, first: torch.Tensor, second: torch.Tensor, box: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``r_second - r_first`` as three ``[K, B]`` components from batch-last ``[3, N, B]`` (minimum image if ``box``)."""
-    dx, dy, dz = (gather_atoms(points, second) - gather_atoms(points, first)).unbind(0)
-    if box is not None:
-        dx, dy, dz = minimum_image_components(dx, dy, dz, box)
-    return dx, dy, dz
+__all__ = ["HarmonicBondTerm", "HarmonicAngleTerm", "PeriodicTorsionTerm", "RBTorsionTerm"]
 
 
 def _require_box(box: torch.Tensor | None, name: str) -> torch.Tensor:

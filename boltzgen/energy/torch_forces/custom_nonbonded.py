@@ -43,7 +43,7 @@ import torch
 
 from boltzgen.energy.torch_forces.base import ForceTerm, UnsupportedForceError, as_index_buffer, value_of
 from boltzgen.energy.torch_forces.expressions import compile_expression
-from boltzgen.energy.torch_forces.bonded import batch_last, displacement_components
+from boltzgen.energy.torch_forces.layout import batch_last, displacement_components
 from boltzgen.energy.torch_forces.tabulated import tabulated_functions_of
 
 __all__ = ["CustomNonbondedTerm", "long_range_correction_coefficient"]

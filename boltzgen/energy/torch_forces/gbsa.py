@@ -17,7 +17,7 @@ Follows the Reference platform (``ReferenceObc.cpp``, ``ObcParameters.cpp``) ter
 With a cutoff (CutoffNonPeriodic / CutoffPeriodic) OpenMM drops every pair with ``r > cutoff`` from both
 the Born sums and the polar pair sum, and shifts each remaining pair energy (not the self terms) by
 ``- pre q_i q_j / cutoff`` (a reaction-field-like shift; the energy is still discontinuous at the
-cutoff through the Born radii). CutoffPeriodic uses the minimum image (``pairs.minimum_image``).
+cutoff through the Born radii). CutoffPeriodic uses the minimum image (``layout.minimum_image_components``).
 
 Layout (chosen by measurement, see the tests' timing note): batch last. The ``K = N(N-1)/2`` unique
 pairs (``[K, B]``) carry distances and the symmetric polar pair terms; the ``N(N-1)`` directed pairs
@@ -49,7 +49,8 @@ from boltzgen.energy.torch_forces.base import (
     as_float_buffer,
     value_of,
 )
-from boltzgen.energy.torch_forces.pairs import all_pairs, minimum_image
+from boltzgen.energy.torch_forces.layout import batch_last, minimum_image_components
+from boltzgen.energy.torch_forces.pairs import all_pairs
 
 _NM = openmm.unit.nanometer
 _E = openmm.unit.elementary_charge
@@ -168,6 +169,10 @@ class GBSAOBCTerm(ForceTerm):
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         if (
             self.analytic_gradient
+            # Under torch.compile the analytic path is exact without a cutoff (checked against
+            # eager), but a compiled sum of several periodic terms with it gave wrong forces (also
+            # before the batch-last change): with a cutoff, compiled code uses plain autograd.
+            and not (self.cutoff is not None and torch.compiler.is_compiling())
             and positions.requires_grad
             and torch.is_grad_enabled()
             and not (box is not None and box.requires_grad)
@@ -198,12 +203,12 @@ class GBSAOBCTerm(ForceTerm):
         half_rho, inv_radius = self.half_rho.to(dtype), self.inv_radius.to(dtype)
         rho, s = self.dir_rho.to(dtype), self.dir_s.to(dtype)
 
-        # Pair displacements d[k, c, b] = x_j - x_i (minimum image if periodic), distances [K, B].
-        xt = positions.permute(1, 2, 0).reshape(n, 3 * batch)
-        d = (xt.index_select(0, self.pair_j) - xt.index_select(0, self.pair_i)).view(-1, 3, batch)
+        # Pair displacements d[c, k, b] = x_j - x_i (minimum image if periodic), distances [K, B].
+        points = batch_last(positions)  # [3, N, B]
+        d = points.index_select(1, self.pair_j) - points.index_select(1, self.pair_i)
         if self.periodic:
-            d = minimum_image(d.transpose(1, 2), box.to(positions)).transpose(1, 2).contiguous()
-        r2 = torch.addcmul(torch.addcmul(d[:, 0] * d[:, 0], d[:, 1], d[:, 1]), d[:, 2], d[:, 2])
+            d = torch.stack(minimum_image_components(*d.unbind(0), box.to(positions)))
+        r2 = torch.addcmul(torch.addcmul(d[0] * d[0], d[1], d[1]), d[2], d[2])
         r = r2.sqrt()
         keep = None
         if self.cutoff is not None:
@@ -267,9 +272,9 @@ class GBSAOBCTerm(ForceTerm):
         # Per unique pair: w = (dE/dr) / r, then dE/dx_j = w d, dE/dx_i = -w d.
         w = dh_dr.index_select(0, self.dir_ij).add_(dh_dr.index_select(0, self.dir_ji)).div_(r)
         w.add_(de_dr2, alpha=2.0)
-        fd = d.mul_(w.unsqueeze(1)).view(-1, 3 * batch)
-        grad = torch.zeros_like(xt).index_add_(0, self.pair_j, fd).index_add_(0, self.pair_i, fd, alpha=-1.0)
-        return energy, born, grad.view(n, 3, batch).permute(2, 0, 1)
+        fd = d.mul_(w)  # [3, K, B]
+        grad = torch.zeros_like(points).index_add_(1, self.pair_j, fd).index_add_(1, self.pair_i, fd, alpha=-1.0)
+        return energy, born, grad.permute(2, 1, 0)
 
 
 def _hct_integrand(r, rho, s, inplace: bool):
@@ -285,8 +290,8 @@ def _hct_integrand(r, rho, s, inplace: bool):
         inner = torch.maximum(s - r, rho)  # > rho only when i lies inside j's scaled sphere
         lower = torch.maximum(r - s, inner)  # L = max(rho, |r - s|)
         upper = torch.maximum(r + s, lower)  # r + s for contributing pairs, else L (then H = 0)
-        log_lu = torch.log(lower / upper)
         inv_l, inv_u, inv_r = lower.reciprocal(), upper.reciprocal(), r.reciprocal()
+        log_lu = torch.log(lower * inv_u)
         diff = inv_l - inv_u
         dl2 = diff * (inv_l + inv_u)  # 1/L^2 - 1/U^2
         h = torch.addcmul(diff, dl2, s * s * inv_r - r, value=0.25)
@@ -297,8 +302,9 @@ def _hct_integrand(r, rho, s, inplace: bool):
     lower = torch.maximum(torch.sub(r, s), inner)
     upper = torch.add(r, s)
     torch.maximum(upper, lower, out=upper)
-    log_lu = torch.div(lower, upper).log_()
-    inv_l, inv_u, inv_r = lower.reciprocal_(), upper.reciprocal_(), r.reciprocal()
+    inv_u, inv_r = upper.reciprocal_(), r.reciprocal()
+    log_lu = torch.mul(lower, inv_u).log_()
+    inv_l = lower.reciprocal_()
     diff = inv_l - inv_u
     dl2 = inv_l.add_(inv_u).mul_(diff)
     h = diff.addcmul_(dl2, torch.mul(s * s, inv_r).sub_(r), value=0.25)

@@ -44,7 +44,7 @@ from boltzgen.energy.torch_forces.base import (
     as_index_buffer,
     value_of,
 )
-from boltzgen.energy.torch_forces.bonded import batch_last, displacement_components
+from boltzgen.energy.torch_forces.layout import batch_last, displacement_components
 from boltzgen.energy.torch_forces.pairs import all_pairs
 
 __all__ = ["NonbondedTerm", "dispersion_correction_coefficient"]
@@ -66,7 +66,7 @@ class NonbondedTerm(ForceTerm):
     product times ``1/(4 pi eps0)``; ``c6 = 4 eps sigma^6``, ``c12 = c6 sigma^6``), so evaluation
     gathers positions only. With ``NoCutoff`` the interacting exceptions are appended to the
     ordinary pairs (same formula, one pass) and ``exceptions`` is empty. Positions are handled
-    batch-last (``[3, N, B]``, see `bonded.batch_last`) so every pair op runs on contiguous rows.
+    batch-last (``[3, N, B]``, see `layout.batch_last`) so every pair op runs on contiguous rows.
     """
 
     openmm_name = "NonbondedForce"
