@@ -6,6 +6,9 @@ reported value is the mean over repeats and its error the standard error over re
 only estimate of the error that sees slow motions the samples of one run never made (METHODS.md
 §0). Each repeat's own MBAR error is reported next to it, and their disagreement is tested
 (`diagnostics.repeat_consistency`). A pooled MBAR over all repeats' frames is given as a cross-check.
+
+2-D runs (``config.psi_windows > 1``): the windows are the (phi, psi) windows ``w = j * M + m``;
+MBAR uses both restraints' bias, and the window checks add psi drift/spread and the overlap along psi.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from boltzgen.umbrella import diagnostics
 from boltzgen.umbrella.config import UmbrellaConfig
-from boltzgen.umbrella.mbar import PhiFreeEnergy, mbar_phi_free_energy
+from boltzgen.umbrella.mbar import PhiFreeEnergy, mbar_phi_free_energy, neighbour_windows
 from boltzgen.umbrella.restraint import restraint_width
 
 
@@ -70,8 +73,14 @@ def combine_profiles(per_repeat: list[PhiFreeEnergy]) -> dict[str, Any]:
 
 def analyse(data: UmbrellaData, config: UmbrellaConfig, kt_kj_mol: float, *, pooled: bool = True) -> UmbrellaAnalysis:
     """MBAR per repeat (and pooled), window checks and the combination over repeats."""
-    centers = config.centers_rad
+    two_d = config.two_dimensional
+    if two_d and data.psi is None:
+        raise ValueError("a 2-D umbrella (psi windows) needs the psi time series")
+    centers = config.window_phi_centers_rad
+    psi_centers = config.window_psi_centers_rad if two_d else None
+    bias = {"psi_centers_rad": psi_centers, "psi_force_constant": config.psi_force_constant} if two_d else {}
     width = restraint_width(config.force_constant, kt_kj_mol)
+    psi_width = restraint_width(config.psi_force_constant, kt_kj_mol) if two_d else None
     n_repeats, n_windows, _ = data.phi.shape
     per_repeat = [
         mbar_phi_free_energy(
@@ -80,6 +89,7 @@ def analyse(data: UmbrellaData, config: UmbrellaConfig, kt_kj_mol: float, *, poo
             config.force_constant,
             kt_kj_mol,
             psi_windows=None if data.psi is None else list(data.psi[r]),
+            **bias,
         )
         for r in range(n_repeats)
     ]
@@ -90,21 +100,37 @@ def analyse(data: UmbrellaData, config: UmbrellaConfig, kt_kj_mol: float, *, poo
             centers,
             config.force_constant,
             kt_kj_mol,
+            psi_windows=[data.psi[:, k].reshape(-1) for k in range(n_windows)] if two_d else None,
             n_bootstrap=POOLED_BOOTSTRAP,
+            **bias,
         )
 
     flags: list[dict[str, Any]] = []
     windows: list[dict[str, Any]] = []
     for k in range(n_windows):
+        psi_center = None if not two_d else float(psi_centers[k])
         entry: dict[str, Any] = {"window": k, "center_deg": float(np.rad2deg(centers[k])), "repeats": []}
+        if two_d:
+            entry["psi_center_deg"] = float(np.rad2deg(psi_center))
         psi_stats = []
         for r in range(n_repeats):
             stats, window_flags = diagnostics.window_phi_checks(
-                data.phi[r, k], centers[k], width, window=k, repeat=r, force_constant=config.force_constant
+                data.phi[r, k], centers[k], width, window=k, repeat=r, force_constant=config.force_constant,
+                psi_center=psi_center,
             )
+            if two_d:
+                psi_check, psi_check_flags = diagnostics.window_psi_checks(
+                    data.psi[r, k], centers[k], psi_center, psi_width, window=k, repeat=r,
+                    force_constant=config.psi_force_constant,
+                )
+                stats.update({key: value for key, value in psi_check.items() if key.startswith("psi_")})
+                window_flags += psi_check_flags
+                stats.pop("psi_center_deg")
             stats.pop("window"), stats.pop("center_deg")
             stats["statistical_inefficiency"] = float(per_repeat[r].statistical_inefficiency[k])
             stats["neighbour_overlap"] = float(per_repeat[r].neighbour_overlap[k])
+            if two_d:
+                stats["psi_neighbour_overlap"] = float(per_repeat[r].psi_neighbour_overlap[k])
             if data.psi is not None:
                 psi_stat = diagnostics.psi_statistics(data.psi[r, k], config.frame_interval_ps)
                 psi_stats.append(psi_stat)
@@ -115,12 +141,26 @@ def analyse(data: UmbrellaData, config: UmbrellaConfig, kt_kj_mol: float, *, poo
             cores = diagnostics.psi_cores(data.psi[:, k].reshape(-1))
             pooled_beta = float(np.mean(cores[cores >= 0] == 1)) if np.any(cores >= 0) else float("nan")
             entry["psi_beta_fraction_pooled"] = pooled_beta
-            window_psi_flags = diagnostics.psi_flags(psi_stats, pooled_beta, window=k, center=centers[k])
+            window_psi_flags = diagnostics.psi_flags(
+                psi_stats, pooled_beta, window=k, center=centers[k], psi_center=psi_center
+            )
             entry["psi_slow"] = bool(window_psi_flags)
             flags += window_psi_flags
         windows.append(entry)
+    if two_d:
+        next_phi = neighbour_windows(centers, psi_centers, along_psi=False)
+        next_psi = neighbour_windows(centers, psi_centers, along_psi=True)
     for r, result in enumerate(per_repeat):
-        flags += diagnostics.overlap_flags(result.neighbour_overlap, centers, repeat=r)
+        if two_d:
+            flags += diagnostics.overlap_flags(
+                result.neighbour_overlap, centers, repeat=r, psi_centers=psi_centers, neighbours=next_phi
+            )
+            flags += diagnostics.overlap_flags(
+                result.psi_neighbour_overlap, centers, repeat=r, psi_centers=psi_centers, neighbours=next_psi,
+                along="psi",
+            )
+        else:
+            flags += diagnostics.overlap_flags(result.neighbour_overlap, centers, repeat=r)
 
     values = np.array([r.delta_f_kT for r in per_repeat])
     mbar_errors = np.array([r.delta_f_mbar_err_kT for r in per_repeat])

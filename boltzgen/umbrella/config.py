@@ -1,10 +1,17 @@
-"""The settings of an umbrella-sampling run along phi, their validation, window centres and seeds.
+"""The settings of an umbrella-sampling run along phi (optionally 2-D on phi and psi), their
+validation, window centres and seeds.
 
 An `UmbrellaConfig` is stored in ``DIR/run.json``. Running the same command again compares the
 requested config with the stored one: equal -> resume (finished windows are not redone),
 different -> error. Seeds: every repeat's seeding chain and every window of every repeat gets its
 own (integrator, velocity) seed pair from ``boltzgen.md.replica_seeds(seed, ...)``: slot
-``repeat * (n_windows + 1)`` is the chain's, slot ``repeat * (n_windows + 1) + 1 + window`` the window's.
+``repeat * (W + 1)`` is the chain's, slot ``repeat * (W + 1) + 1 + window`` the window's, with
+``W = n_windows * psi_windows`` windows per repeat.
+
+2-D umbrella (``psi_windows = M > 1``): every phi window is split into M windows whose psi centres
+are ``-180 + m * 360 / M`` degrees, each restrained on phi (``force_constant``) and psi
+(``psi_force_constant``). Window ``w = j * M + m`` has phi centre j and psi centre m, so with
+M = 1 (the default: psi free) window ids, seeds and files are those of the 1-D run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,25 @@ DEFAULT_PS_PER_WINDOW = 250.0
 DEFAULT_REPEATS = 3
 #: Fewest windows accepted (neighbouring windows must overlap for MBAR).
 MIN_WINDOWS = 4
+#: Default number of psi windows per phi window: 1 = psi free (1-D umbrella along phi).
+DEFAULT_PSI_WINDOWS = 1
+#: Default psi restraint width sqrt(kT / k_psi) as a fraction of the psi window spacing 360 / M degrees:
+#: neighbouring psi windows (2.2 widths apart) overlap well, and the restraint is weak enough that
+#: psi still moves within its window. See :func:`default_psi_force_constant`.
+PSI_WIDTH_PER_SPACING = 0.45
+
+
+def default_psi_force_constant(psi_windows: int, kt_kj_mol: float) -> float:
+    """Default psi force constant (kJ/mol/rad^2) for ``psi_windows`` windows over the circle.
+
+    The restraint width sqrt(kT / k) is ``PSI_WIDTH_PER_SPACING`` (0.45) of the psi spacing
+    2 pi / M: ``k = kT / (0.45 * 2 pi / M)^2``, rounded to 3 significant digits (at 300 K:
+    M = 6 -> 11.2, M = 12 -> 44.9 kJ/mol/rad^2). 0 for ``psi_windows == 1`` (psi free).
+    """
+    if psi_windows <= 1:
+        return 0.0
+    width = PSI_WIDTH_PER_SPACING * 2.0 * math.pi / psi_windows
+    return float(f"{kt_kj_mol / width**2:.3g}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,8 @@ class UmbrellaConfig:
             walks from window to window (steered seeding; see `boltzgen.umbrella.starts`).
         starts: starting structures, cycled over the repeats (``boltzgen.umbrella.starts.START_NAMES``).
         system_options: options passed to the system builder.
+        psi_windows: psi windows per phi window (1: psi free, a 1-D umbrella along phi).
+        psi_force_constant: psi restraint force constant, kJ/mol/rad^2 (0 when ``psi_windows`` is 1).
     """
 
     system: str
@@ -68,6 +96,8 @@ class UmbrellaConfig:
     starts: tuple[str, ...] = ("c7eq", "alpha_l", "alpha_r")
     system_options: dict = field(default_factory=dict)
     integrator: str = "LangevinMiddleIntegrator"
+    psi_windows: int = DEFAULT_PSI_WINDOWS
+    psi_force_constant: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "starts", tuple(self.starts))
@@ -94,6 +124,18 @@ class UmbrellaConfig:
             (self.equilibration_ps >= 0, f"equilibration must be >= 0 ps, got {self.equilibration_ps!r}"),
             (self.seeding_ps > 0, f"seeding time per window must be positive (ps), got {self.seeding_ps!r}"),
             (len(self.starts) >= 1, "at least one starting structure is needed"),
+            (
+                isinstance(self.psi_windows, int) and 1 <= self.psi_windows <= 360,
+                f"the number of psi windows must be between 1 and 360, got {self.psi_windows!r}",
+            ),
+            (
+                self.psi_windows > 1 or self.psi_force_constant == 0,
+                "a psi force constant needs psi windows (--psi-windows > 1); with one psi window psi is free",
+            ),
+            (
+                self.psi_windows == 1 or (math.isfinite(self.psi_force_constant) and self.psi_force_constant > 0),
+                f"the psi force constant must be positive (kJ/mol/rad^2), got {self.psi_force_constant!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,12 +159,54 @@ class UmbrellaConfig:
 
     @property
     def centers_rad(self) -> np.ndarray:
-        """Window centres ``[K]`` in radians: -pi, -pi + 2 pi / K, ..."""
+        """phi window centres ``[K]`` in radians: -pi, -pi + 2 pi / K, ..."""
         return -np.pi + 2.0 * np.pi * np.arange(self.n_windows) / self.n_windows
+
+    @property
+    def psi_centers_rad(self) -> np.ndarray:
+        """psi window centres ``[M]`` in radians: -pi, -pi + 2 pi / M, ... (``[-pi]`` if psi is free)."""
+        return -np.pi + 2.0 * np.pi * np.arange(self.psi_windows) / self.psi_windows
+
+    @property
+    def two_dimensional(self) -> bool:
+        """Whether psi is restrained too (``psi_windows > 1``)."""
+        return self.psi_windows > 1
+
+    @property
+    def n_total_windows(self) -> int:
+        """Windows per repeat: ``n_windows * psi_windows``."""
+        return self.n_windows * self.psi_windows
+
+    def phi_index(self, window: int) -> int:
+        """phi window index j of window ``w = j * M + m``."""
+        return int(window) // self.psi_windows
+
+    def psi_index(self, window: int) -> int:
+        """psi window index m of window ``w = j * M + m``."""
+        return int(window) % self.psi_windows
+
+    @property
+    def window_phi_centers_rad(self) -> np.ndarray:
+        """phi centre of every window ``[W]`` (window ``j * M + m`` has phi centre j)."""
+        return np.repeat(self.centers_rad, self.psi_windows)
+
+    @property
+    def window_psi_centers_rad(self) -> np.ndarray:
+        """psi centre of every window ``[W]`` (window ``j * M + m`` has psi centre m)."""
+        return np.tile(self.psi_centers_rad, self.n_windows)
 
     @property
     def spacing_deg(self) -> float:
         return 360.0 / self.n_windows
+
+    @property
+    def psi_spacing_deg(self) -> float:
+        return 360.0 / self.psi_windows
+
+    @property
+    def simulated_ps_per_repeat_windows(self) -> float:
+        """Window dynamics of one repeat (equilibration + production over all windows), ps."""
+        return self.n_total_windows * (self.ps_per_window + self.equilibration_ps)
 
     @property
     def n_frames(self) -> int:
@@ -157,7 +241,7 @@ class UmbrellaConfig:
         return self._seeds(repeat, 1 + window)
 
     def _seeds(self, repeat: int, slot: int) -> ReplicaSeeds:
-        index = repeat * (self.n_windows + 1) + slot
+        index = repeat * (self.n_total_windows + 1) + slot
         return replica_seeds(self.seed, index + 1)[index]
 
     # --- (de)serialisation -------------------------------------------------------------------------

@@ -20,6 +20,12 @@ Every check returns plain dicts (JSON-ready); a flag has ``kind``, ``window`` (o
   ``PSI_FRACTION_SPREAD`` (the window remembers where it started).
 - repeats_disagree: the repeats' dF scatter more than their own MBAR errors allow
   (chi^2 / dof above the 99th percentile of chi^2 for R - 1 degrees of freedom).
+
+2-D umbrella (psi restrained too): drift and spread are checked for phi as above and for psi
+against the psi restraint's width (kinds ``psi_drift`` and ``psi_spread``); overlap is checked
+between neighbours along phi (same psi centre) and along psi (``psi_overlap``, same phi centre);
+psi_slow does not count transitions (a restrained psi is not expected to cross between basins
+inside a window) and flags only repeats that disagree on a window's psi beta fraction.
 """
 
 from __future__ import annotations
@@ -64,24 +70,73 @@ def window_phi_checks(
     window: int,
     repeat: int | None,
     force_constant: float | None = None,
+    psi_center: float | None = None,
 ) -> tuple[dict, list[dict]]:
     """Statistics of one window's phi and its drift/spread flags.
 
     ``width`` is the restraint width sqrt(kT/k) (rad); ``force_constant`` (kJ/mol/rad^2), when
     given, turns the offset of a pushed window into the free-energy slope k * offset that pushes it.
+    ``psi_center`` (2-D windows) only enters the flags' text.
     """
-    offset, spread = circular_offset_and_spread(phi, center)
+    return window_angle_checks(
+        phi, center, width, window=window, repeat=repeat, force_constant=force_constant, psi_center=psi_center
+    )
+
+
+def window_psi_checks(
+    psi: np.ndarray,
+    center: float,
+    psi_center: float,
+    width: float,
+    *,
+    window: int,
+    repeat: int | None,
+    force_constant: float | None = None,
+) -> tuple[dict, list[dict]]:
+    """The drift/spread checks of :func:`window_phi_checks` for the restrained psi of a 2-D window.
+
+    ``center`` is the window's phi centre (for the text), ``psi_center`` and ``width`` the psi
+    restraint's centre and width. Stats keys and flag kinds carry a ``psi_`` prefix.
+    """
+    return window_angle_checks(
+        psi, center, width, window=window, repeat=repeat, force_constant=force_constant,
+        psi_center=psi_center, angle="psi",
+    )
+
+
+def window_angle_checks(
+    values: np.ndarray,
+    center: float,
+    width: float,
+    *,
+    window: int,
+    repeat: int | None,
+    force_constant: float | None = None,
+    psi_center: float | None = None,
+    angle: str = "phi",
+) -> tuple[dict, list[dict]]:
+    """Drift/spread statistics and flags of one restrained angle (``phi``, or ``psi`` in 2-D windows)."""
+    restrained_center = psi_center if angle == "psi" else center
+    offset, spread = circular_offset_and_spread(values, restrained_center)
+    prefix = "" if angle == "phi" else f"{angle}_"
     stats = {
         "window": window,
         "repeat": repeat,
         "center_deg": float(np.rad2deg(center)),
-        "mean_offset_deg": float(np.rad2deg(offset)),
-        "spread_deg": float(np.rad2deg(spread)),
-        "offset_widths": float(abs(offset) / width),
-        "spread_widths": float(spread / width),
+        f"{prefix}mean_offset_deg": float(np.rad2deg(offset)),
+        f"{prefix}spread_deg": float(np.rad2deg(spread)),
+        f"{prefix}offset_widths": float(abs(offset) / width),
+        f"{prefix}spread_widths": float(spread / width),
     }
+    if psi_center is not None:
+        stats["psi_center_deg"] = float(np.rad2deg(psi_center))
     flags = []
-    where = f"window {window} (centre {np.rad2deg(center):.0f} deg)" + ("" if repeat is None else f", repeat {repeat}")
+    centre_text = (
+        f"centre {np.rad2deg(center):.0f} deg"
+        if psi_center is None
+        else f"centre phi {np.rad2deg(center):.0f}, psi {np.rad2deg(psi_center):.0f} deg"
+    )
+    where = f"window {window} ({centre_text})" + ("" if repeat is None else f", repeat {repeat}")
     if abs(offset) > width:
         if abs(offset) <= PUSHED_LIMIT * width and spread <= SPREAD_LIMIT * width:
             kind_of_drift = (
@@ -93,12 +148,13 @@ def window_phi_checks(
             kind_of_drift = "escaped from its centre or split between basins: the restraint is too weak here"
         flags.append(
             {
-                "kind": "drift",
+                "kind": f"{prefix}drift",
                 "window": window,
                 "repeat": repeat,
                 "center_deg": stats["center_deg"],
+                **({} if psi_center is None else {"psi_center_deg": stats["psi_center_deg"]}),
                 "reason": (
-                    f"{where}: mean phi {np.rad2deg(offset):+.1f} deg from the centre = "
+                    f"{where}: mean {angle} {np.rad2deg(offset):+.1f} deg from the centre = "
                     f"{abs(offset) / width:.1f} restraint widths ({np.rad2deg(width):.1f} deg); spread "
                     f"{np.rad2deg(spread):.1f} deg ({kind_of_drift})"
                 ),
@@ -107,12 +163,13 @@ def window_phi_checks(
     if spread > SPREAD_LIMIT * width:
         flags.append(
             {
-                "kind": "spread",
+                "kind": f"{prefix}spread",
                 "window": window,
                 "repeat": repeat,
                 "center_deg": stats["center_deg"],
+                **({} if psi_center is None else {"psi_center_deg": stats["psi_center_deg"]}),
                 "reason": (
-                    f"{where}: phi spread {np.rad2deg(spread):.1f} deg = {spread / width:.1f} restraint widths "
+                    f"{where}: {angle} spread {np.rad2deg(spread):.1f} deg = {spread / width:.1f} restraint widths "
                     f"(limit {SPREAD_LIMIT:g}): broad or bimodal window; raise the force constant"
                 ),
             }
@@ -150,13 +207,28 @@ def psi_statistics(psi: np.ndarray, frame_interval_ps: float) -> dict:
     }
 
 
-def psi_flags(per_repeat: Sequence[dict], pooled_beta_fraction: float, *, window: int, center: float) -> list[dict]:
-    """psi_slow flag of one window from its per-repeat `psi_statistics` (empty list if fine)."""
+def psi_flags(
+    per_repeat: Sequence[dict],
+    pooled_beta_fraction: float,
+    *,
+    window: int,
+    center: float,
+    psi_center: float | None = None,
+) -> list[dict]:
+    """psi_slow flag of one window from its per-repeat `psi_statistics` (empty list if fine).
+
+    ``psi_center`` given (2-D windows, psi restrained): transitions are not counted; only
+    repeats that disagree on the psi beta fraction are flagged.
+    """
     minority = min(pooled_beta_fraction, 1.0 - pooled_beta_fraction)
     if not np.isfinite(minority) or minority < PSI_MINORITY_MIN:
         return []
     reasons = []
-    few = [(r, s["psi_transitions"]) for r, s in enumerate(per_repeat) if s["psi_transitions"] < PSI_MIN_TRANSITIONS]
+    few = [
+        (r, s["psi_transitions"])
+        for r, s in enumerate(per_repeat)
+        if psi_center is None and s["psi_transitions"] < PSI_MIN_TRANSITIONS
+    ]
     if few:
         listed = ", ".join(f"repeat {r}: {n}" for r, n in few)
         reasons.append(
@@ -169,14 +241,20 @@ def psi_flags(per_repeat: Sequence[dict], pooled_beta_fraction: float, *, window
         )
     if not reasons:
         return []
+    centre_text = (
+        f"centre {np.rad2deg(center):.0f} deg"
+        if psi_center is None
+        else f"centre phi {np.rad2deg(center):.0f}, psi {np.rad2deg(psi_center):.0f} deg"
+    )
     return [
         {
             "kind": "psi_slow",
             "window": window,
             "repeat": None,
             "center_deg": float(np.rad2deg(center)),
+            **({} if psi_center is None else {"psi_center_deg": float(np.rad2deg(psi_center))}),
             "reason": (
-                f"window {window} (centre {np.rad2deg(center):.0f} deg): psi not relaxed: "
+                f"window {window} ({centre_text}): psi not relaxed: "
                 + "; ".join(reasons)
                 + f"; pooled psi beta fraction {pooled_beta_fraction:.2f}"
             ),
@@ -184,8 +262,22 @@ def psi_flags(per_repeat: Sequence[dict], pooled_beta_fraction: float, *, window
     ]
 
 
-def overlap_flags(neighbour_overlap: np.ndarray, centers: np.ndarray, *, repeat: int) -> list[dict]:
-    """Flags for neighbouring windows whose MBAR overlap is below ``OVERLAP_LIMIT``."""
+def overlap_flags(
+    neighbour_overlap: np.ndarray,
+    centers: np.ndarray,
+    *,
+    repeat: int,
+    psi_centers: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
+    along: str = "phi",
+) -> list[dict]:
+    """Flags for neighbouring windows whose MBAR overlap is below ``OVERLAP_LIMIT``.
+
+    1-D: window i and i + 1 (mod K). 2-D (``psi_centers`` given): window i and ``neighbours[i]``,
+    its next window along ``along`` (``"phi"`` or ``"psi"``; kind ``overlap`` or ``psi_overlap``).
+    """
+    if psi_centers is not None:
+        return _overlap_flags_2d(neighbour_overlap, centers, psi_centers, neighbours, repeat=repeat, along=along)
     flags = []
     k = len(centers)
     for i, value in enumerate(np.asarray(neighbour_overlap)):
@@ -200,6 +292,29 @@ def overlap_flags(neighbour_overlap: np.ndarray, centers: np.ndarray, *, repeat:
                         f"repeat {repeat}: MBAR overlap between windows {i} and {(i + 1) % k} "
                         f"(centres {np.rad2deg(centers[i]):.0f}, {np.rad2deg(centers[(i + 1) % k]):.0f} deg) is "
                         f"{value:.3f} < {OVERLAP_LIMIT}: add windows or lower the force constant"
+                    ),
+                }
+            )
+    return flags
+
+
+def _overlap_flags_2d(neighbour_overlap, centers, psi_centers, neighbours, *, repeat: int, along: str) -> list[dict]:
+    flags = []
+    phi_deg, psi_deg = np.rad2deg(centers), np.rad2deg(psi_centers)
+    for i, value in enumerate(np.asarray(neighbour_overlap)):
+        if value < OVERLAP_LIMIT:
+            j = int(neighbours[i])
+            flags.append(
+                {
+                    "kind": "overlap" if along == "phi" else "psi_overlap",
+                    "window": i,
+                    "repeat": repeat,
+                    "center_deg": float(phi_deg[i]),
+                    "psi_center_deg": float(psi_deg[i]),
+                    "reason": (
+                        f"repeat {repeat}: MBAR overlap between windows {i} and {j} along {along} (centres phi "
+                        f"{phi_deg[i]:.0f}, psi {psi_deg[i]:.0f} and phi {phi_deg[j]:.0f}, psi {psi_deg[j]:.0f} deg) is "
+                        f"{value:.3f} < {OVERLAP_LIMIT}: add {along} windows or lower the {along} force constant"
                     ),
                 }
             )

@@ -3,7 +3,9 @@
 Given the phi samples of K windows (time series, one per window) with bias
 ``b_k(phi) = 0.5 k wrap(phi - c_k)^2``, MBAR solves for the window free energies and gives every
 sample a weight in the unbiased ensemble. The unbiased potential u0 is common to all windows
-and cancels, so only the bias enters (``u_kn = b_k(phi_n) / kT``). From the weights:
+and cancels, so only the bias enters (``u_kn = b_k(phi_n) / kT``). In a 2-D umbrella each window
+restrains psi too, ``b_k(phi, psi) = 0.5 k wrap(phi - c_k)^2 + 0.5 k_psi wrap(psi - d_k)^2``, and
+``u_kn`` holds both terms (:func:`reduced_bias_matrix`); everything below is unchanged. From the weights:
 
 - ``dF = F(phi > 0) - F(phi < 0) = -ln(P(phi > 0) / P(phi < 0))`` in kT;
 - the profile ``F_i = -ln(P_i / width_i)`` on bins over [-pi, pi), shifted to min 0.
@@ -30,7 +32,7 @@ from typing import Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from boltzgen.umbrella.restraint import bias_kj_mol, wrap_angle
+from boltzgen.umbrella.restraint import window_bias_kj_mol, wrap_angle
 
 #: Default number of profile bins over [-pi, pi) (10 degrees).
 DEFAULT_BINS = 36
@@ -63,7 +65,10 @@ class PhiFreeEnergy:
         log_density: ``[B]`` ln(P_i / width_i) (normalised, unshifted; -inf for empty bins).
         log_density_err: ``[B]`` its (bootstrap) error.
         window_f_kT: ``[K]`` MBAR free energies of the biased windows (first = 0).
-        neighbour_overlap: ``[K]`` MBAR overlap between window k and window k + 1 (mod K).
+        neighbour_overlap: ``[K]`` MBAR overlap between window k and window k + 1 (mod K); in 2-D,
+            between window k and the window with the same psi centre and the next phi centre.
+        psi_neighbour_overlap: 2-D only (else None): ``[K]`` MBAR overlap between window k and the
+            window with the same phi centre and the next psi centre.
         statistical_inefficiency: ``[K]`` g of each window (frames).
         n_frames: ``[K]`` frames per window.
         n_bootstrap: bootstrap samples behind the ``*_mbar_err`` errors.
@@ -85,6 +90,7 @@ class PhiFreeEnergy:
     n_frames: np.ndarray
     n_bootstrap: int
     log_weights: list = field(default_factory=list)
+    psi_neighbour_overlap: np.ndarray | None = None
 
     @property
     def bin_centers(self) -> np.ndarray:
@@ -150,19 +156,59 @@ def _unbiased_log_weights(mbar) -> np.ndarray:
     return log_w - logsumexp(log_w)
 
 
-def _solve(phi_windows: list[np.ndarray], centers: np.ndarray, force_constant: float, kt: float, bin_edges: np.ndarray):
-    """MBAR on the given samples: (mbar, p [2 + B], covariance, all phi)."""
+def reduced_bias_matrix(
+    phi: np.ndarray,
+    psi: np.ndarray | None,
+    centers_rad,
+    force_constant: float,
+    kt_kj_mol: float,
+    psi_centers_rad=None,
+    psi_force_constant: float = 0.0,
+) -> np.ndarray:
+    """``u_kn`` ``[L, N]``: the reduced bias (kT) of every sample n in every window l.
+
+    ``b_l(phi_n) / kT`` with ``b_l`` the phi restraint of window l, plus the psi restraint's
+    ``0.5 k_psi wrap(psi_n - d_l)^2 / kT`` when ``psi_centers_rad`` is given (2-D windows).
+    """
+    centers = np.asarray(centers_rad, dtype=np.float64).reshape(-1)
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1)
+    if psi_centers_rad is None:
+        return window_bias_kj_mol(phi[None, :], None, centers[:, None], None, force_constant, 0.0) / kt_kj_mol
+    psi_centers = np.asarray(psi_centers_rad, dtype=np.float64).reshape(-1)
+    psi = np.asarray(psi, dtype=np.float64).reshape(-1)
+    return (
+        window_bias_kj_mol(
+            phi[None, :], psi[None, :], centers[:, None], psi_centers[:, None], force_constant, psi_force_constant
+        )
+        / kt_kj_mol
+    )
+
+
+def _solve(phi: np.ndarray, n_k: np.ndarray, u_kn: np.ndarray, bin_edges: np.ndarray):
+    """MBAR on the given samples: (mbar, p [2 + B], covariance)."""
     pymbar = _pymbar()
-    n_k = np.array([len(p) for p in phi_windows])
-    phi = np.concatenate(phi_windows)
-    u_kn = bias_kj_mol(phi[None, :], centers[:, None], force_constant) / kt
     observables = np.concatenate(
         [np.stack([(phi > 0).astype(float), (phi < 0).astype(float)]), _bin_indicators(phi, bin_edges)]
     )
     with np.errstate(divide="ignore", invalid="ignore"):  # log(0) of the indicators inside pymbar
         mbar = pymbar.MBAR(u_kn, n_k)
         p, covariance = _expectations(mbar, observables)
-    return mbar, p, covariance, phi
+    return mbar, p, covariance
+
+
+def neighbour_windows(phi_centers: np.ndarray, psi_centers: np.ndarray, along_psi: bool) -> np.ndarray:
+    """Index of each window's neighbour: same psi (phi) centre, next phi (psi) centre round the circle."""
+    same = psi_centers if not along_psi else phi_centers
+    moving = phi_centers if not along_psi else psi_centers
+    result = np.arange(len(phi_centers))
+    for i in range(len(phi_centers)):
+        candidates = np.flatnonzero(np.abs(wrap_angle(same - same[i])) < 1e-9)
+        candidates = candidates[candidates != i]
+        if len(candidates):
+            step = np.mod(moving[candidates] - moving[i], 2.0 * np.pi)
+            step = np.where(step < 1e-12, np.inf, step)
+            result[i] = candidates[int(np.argmin(step))]
+    return result
 
 
 def _delta_f(p: np.ndarray, covariance: np.ndarray) -> tuple[float, float]:
@@ -267,18 +313,23 @@ def mbar_phi_free_energy(
     bins: int | np.ndarray = DEFAULT_BINS,
     n_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    psi_centers_rad=None,
+    psi_force_constant: float = 0.0,
 ) -> PhiFreeEnergy:
     """The unbiased phi free energy (dF and profile) from umbrella windows by MBAR.
 
     Args:
         phi_windows: K time series of phi (rad), one per window (window k biased at ``centers_rad[k]``).
-        centers_rad: ``[K]`` window centres (rad).
+        centers_rad: ``[K]`` window centres (rad) (the phi centre of each window).
         force_constant: restraint force constant, kJ/mol/rad^2.
         kt_kj_mol: kT in kJ/mol.
-        psi_windows: K time series of psi (rad) or None; only used for the statistical inefficiency.
+        psi_windows: K time series of psi (rad) or None; used for the statistical inefficiency, and
+            in the bias of 2-D windows.
         bins: number of profile bins over [-pi, pi), or the bin edges.
         n_bootstrap: block-bootstrap samples for the errors (>= 2).
         seed: seed of the bootstrap.
+        psi_centers_rad: 2-D windows: ``[K]`` psi centre of each window (None: psi not restrained).
+        psi_force_constant: 2-D windows: psi restraint force constant, kJ/mol/rad^2.
     """
     centers = np.asarray(centers_rad, dtype=np.float64).reshape(-1)
     phi_windows = [np.asarray(p, dtype=np.float64).reshape(-1) for p in phi_windows]
@@ -292,12 +343,32 @@ def mbar_phi_free_energy(
         raise ValueError(f"n_bootstrap must be at least 2, got {n_bootstrap!r}")
     if not (force_constant > 0 and kt_kj_mol > 0):
         raise ValueError("force constant and kT must be positive")
+    two_d = psi_centers_rad is not None
+    if two_d:
+        psi_centers = np.asarray(psi_centers_rad, dtype=np.float64).reshape(-1)
+        if len(psi_centers) != len(centers):
+            raise ValueError(f"{len(psi_centers)} psi centres for {len(centers)} windows")
+        if psi_windows is None or len(psi_windows) != len(centers):
+            raise ValueError("2-D windows (psi centres given) need the psi time series of every window")
+        if any(len(np.ravel(q)) != len(p) for q, p in zip(psi_windows, phi_windows)):
+            raise ValueError("every window needs as many psi samples as phi samples")
+        if not all(np.isfinite(np.asarray(q, dtype=np.float64)).all() for q in psi_windows):
+            raise ValueError("psi samples must be finite")
+        if not psi_force_constant > 0:
+            raise ValueError("the psi force constant must be positive for 2-D windows")
     bin_edges = (
         np.linspace(-np.pi, np.pi, int(bins) + 1) if np.ndim(bins) == 0 else np.asarray(bins, dtype=np.float64)
     )
     widths = np.diff(bin_edges)
 
-    mbar, p, covariance, _ = _solve(phi_windows, centers, force_constant, kt_kj_mol, bin_edges)
+    n_k = np.array([len(x) for x in phi_windows])
+    phi = np.concatenate(phi_windows)
+    if two_d:
+        psi = np.concatenate([np.asarray(q, dtype=np.float64).reshape(-1) for q in psi_windows])
+        u_kn = reduced_bias_matrix(phi, psi, centers, force_constant, kt_kj_mol, psi_centers, psi_force_constant)
+    else:
+        u_kn = reduced_bias_matrix(phi, None, centers, force_constant, kt_kj_mol)
+    mbar, p, covariance = _solve(phi, n_k, u_kn, bin_edges)
     delta_f, naive_err = _delta_f(p, covariance)
     profile, _, log_density, _ = _profile(p[2:], covariance[2:, 2:], widths)
     k = len(centers)
@@ -305,7 +376,14 @@ def mbar_phi_free_energy(
         overlap = np.asarray(mbar.compute_overlap()["matrix"])
     except np.linalg.LinAlgError:
         overlap = np.zeros((k, k))
-    neighbour_overlap = np.array([overlap[i, (i + 1) % k] for i in range(k)])
+    psi_neighbour_overlap = None
+    if two_d:
+        next_phi = neighbour_windows(centers, psi_centers, along_psi=False)
+        next_psi = neighbour_windows(centers, psi_centers, along_psi=True)
+        neighbour_overlap = np.array([overlap[i, next_phi[i]] for i in range(k)])
+        psi_neighbour_overlap = np.array([overlap[i, next_psi[i]] for i in range(k)])
+    else:
+        neighbour_overlap = np.array([overlap[i, (i + 1) % k] for i in range(k)])
     window_f = np.asarray(mbar.f_k, dtype=np.float64) - float(mbar.f_k[0])
 
     # log weights of every frame in the unbiased ensemble (u0 cancels): -ln sum_k N_k exp(f_k - u_k)
@@ -342,4 +420,5 @@ def mbar_phi_free_energy(
         n_frames=np.array([len(x) for x in phi_windows]),
         n_bootstrap=n_bootstrap,
         log_weights=np.split(log_w, splits),
+        psi_neighbour_overlap=psi_neighbour_overlap,
     )

@@ -9,6 +9,11 @@ d = -pi and d = +pi); only its force flips sign at the antipode of the centre, w
 never samples. OpenMM evaluates it with a `CustomTorsionForce` whose centre
 and force constant are *global* parameters, so one Context can move the centre (steered
 seeding) without being rebuilt; numpy evaluates the same formula for MBAR (:func:`bias_kj_mol`).
+
+A 2-D umbrella window restrains psi too: its bias is the sum of two such terms,
+``b(phi, psi) = 0.5 k_phi wrap(phi - phi0)^2 + 0.5 k_psi wrap(psi - psi0)^2``, evaluated by a second
+`CustomTorsionForce` with its own global parameters (``PSI_CENTER_PARAMETER``,
+``PSI_FORCE_CONSTANT_PARAMETER``) in the same force group, and by :func:`window_bias_kj_mol`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import numpy as np
 #: Names of the CustomTorsionForce's global parameters (centre in rad, force constant in kJ/mol/rad^2).
 CENTER_PARAMETER = "umbrella_theta0"
 FORCE_CONSTANT_PARAMETER = "umbrella_k"
+#: The same for the psi restraint of 2-D windows (and of the steering of starting structures).
+PSI_CENTER_PARAMETER = "psi_theta0"
+PSI_FORCE_CONSTANT_PARAMETER = "psi_k"
 
 #: OpenMM energy expression of the restraint (``theta`` is the torsion angle in radians).
 ENERGY_EXPRESSION = (
@@ -45,21 +53,42 @@ def bias_kj_mol(theta, centers, force_constant: float) -> np.ndarray:
     return 0.5 * float(force_constant) * d * d
 
 
+def window_bias_kj_mol(phi, psi, phi_centers, psi_centers, force_constant: float, psi_force_constant: float) -> np.ndarray:
+    """Bias of 2-D windows: ``bias_kj_mol(phi, phi_centers, k) + bias_kj_mol(psi, psi_centers, k_psi)``.
+
+    With ``psi_force_constant == 0`` (psi free) the psi term vanishes and ``psi`` may be None.
+    All arguments broadcast as in :func:`bias_kj_mol`.
+    """
+    bias = bias_kj_mol(phi, phi_centers, force_constant)
+    if psi_force_constant:
+        bias = bias + bias_kj_mol(psi, psi_centers, psi_force_constant)
+    return bias
+
+
 def restraint_width(force_constant: float, kt_kj_mol: float) -> float:
     """The thermal width ``sqrt(kT / k)`` (rad) of the harmonic restraint alone."""
     return math.sqrt(kt_kj_mol / force_constant)
 
 
-def torsion_restraint(atoms, center_rad: float, force_constant: float, force_group: int):
-    """A `CustomTorsionForce` restraining the torsion of ``atoms`` (4 indices) to ``center_rad``."""
+def torsion_restraint(atoms, center_rad: float, force_constant: float, force_group: int, *, psi: bool = False):
+    """A `CustomTorsionForce` restraining the torsion of ``atoms`` (4 indices) to ``center_rad``.
+
+    ``psi=True`` names its global parameters ``PSI_CENTER_PARAMETER`` / ``PSI_FORCE_CONSTANT_PARAMETER``,
+    so that it can sit beside the phi restraint in one Context.
+    """
     import openmm
 
-    force = openmm.CustomTorsionForce(ENERGY_EXPRESSION)
-    force.addGlobalParameter(CENTER_PARAMETER, float(center_rad))
-    force.addGlobalParameter(FORCE_CONSTANT_PARAMETER, float(force_constant))
+    center_name, k_name = (PSI_CENTER_PARAMETER, PSI_FORCE_CONSTANT_PARAMETER) if psi else (
+        CENTER_PARAMETER, FORCE_CONSTANT_PARAMETER
+    )
+    force = openmm.CustomTorsionForce(
+        ENERGY_EXPRESSION.replace(CENTER_PARAMETER, center_name).replace(FORCE_CONSTANT_PARAMETER, k_name)
+    )
+    force.addGlobalParameter(center_name, float(center_rad))
+    force.addGlobalParameter(k_name, float(force_constant))
     force.addTorsion(*(int(a) for a in atoms), [])
     force.setForceGroup(int(force_group))
-    force.setName("UmbrellaTorsionRestraint")
+    force.setName("UmbrellaPsiRestraint" if psi else "UmbrellaTorsionRestraint")
     return force
 
 

@@ -37,9 +37,11 @@ from boltzgen.umbrella.analysis import UmbrellaAnalysis, UmbrellaData, analyse
 from boltzgen.umbrella.config import (
     DEFAULT_FORCE_CONSTANT,
     DEFAULT_PS_PER_WINDOW,
+    DEFAULT_PSI_WINDOWS,
     DEFAULT_REPEATS,
     DEFAULT_WINDOWS,
     UmbrellaConfig,
+    default_psi_force_constant,
 )
 from boltzgen.umbrella.plots import profile_plot
 from boltzgen.umbrella.restraint import backbone_torsions, restraint_width
@@ -103,11 +105,15 @@ def make_config(
     starts: tuple[str, ...] | None = None,
     system_options: dict | None = None,
     out_dir: str | os.PathLike | None = None,
+    psi_windows: int = DEFAULT_PSI_WINDOWS,
+    psi_force_constant: float | None = None,
 ) -> UmbrellaConfig:
     """An `UmbrellaConfig` for ``system`` (name or `MolecularSystem`).
 
     ``seed=None`` takes the seed stored in ``out_dir`` (resuming) or a fresh random one;
     ``platform="auto"`` the stored platform or the fastest one here (measured briefly).
+    ``psi_windows > 1`` makes a 2-D umbrella on (phi, psi); ``psi_force_constant=None`` then takes
+    `default_psi_force_constant` (restraint width 0.45 of the psi spacing at the system's temperature).
     """
     molecular = load_molecular_system(system, system_options)
     stored = None
@@ -124,6 +130,9 @@ def make_config(
         )
     else:
         platform = get_platform(platform).getName()
+    psi_windows = int(psi_windows)
+    if psi_force_constant is None:
+        psi_force_constant = default_psi_force_constant(psi_windows, kt_kj_per_mol(float(molecular.temperature)))
     starts = tuple(starts) if starts is not None else START_NAMES
     for name in starts:
         if name not in START_NAMES:
@@ -143,6 +152,8 @@ def make_config(
         seeding_ps=float(seeding_ps),
         starts=starts,
         system_options=dict(system_options or {}),
+        psi_windows=psi_windows,
+        psi_force_constant=float(psi_force_constant),
     )
 
 
@@ -172,7 +183,15 @@ def _initialise(run: UmbrellaDirectory, config: UmbrellaConfig, system, torsions
         "description": system.description,
         "forcefield_files": list(system.forcefield),
         "torsion_atoms": {name: [int(a) for a in atoms] for name, atoms in torsions.items()},
-        "restraint": "0.5*k*d^2, d = theta - theta0 wrapped into [-pi, pi) (OpenMM CustomTorsionForce)",
+        "restraint": (
+            "0.5*k*d^2, d = theta - theta0 wrapped into [-pi, pi) (OpenMM CustomTorsionForce)"
+            + (
+                "; 2-D windows: the sum of such restraints on phi (force_constant) and psi (psi_force_constant), "
+                "window w = j * psi_windows + m has phi centre j and psi centre m"
+                if config.two_dimensional
+                else ""
+            )
+        ),
         "versions": software_versions(),
         "date_started_utc": utc_now(),
         "command": command,
@@ -209,14 +228,14 @@ def _run_phase(tasks: list, n_workers: int, total: int, initial: int, desc: str,
 
 
 def _load_data(run: UmbrellaDirectory, config: UmbrellaConfig, with_psi: bool) -> tuple[UmbrellaData, np.ndarray, list]:
-    shape = (config.repeats, config.n_windows, config.n_frames)
+    shape = (config.repeats, config.n_total_windows, config.n_frames)
     phi = np.empty(shape)
     psi = np.empty(shape) if with_psi else None
     reduced = np.empty(shape)
     positions = None
     infos = []
     for r in range(config.repeats):
-        for k in range(config.n_windows):
+        for k in range(config.n_total_windows):
             arrays, info = read_window(run.window_file(r, k))
             phi[r, k] = arrays["phi"]
             reduced[r, k] = arrays["reduced_potential"]
@@ -260,10 +279,9 @@ def _summary(
     first = per[0]
     combined = analysis.combined
     wall_s, core_s = session.totals()
-    simulated_ns = config.repeats * config.n_windows * (config.ps_per_window + config.equilibration_ps) / 1000.0
-    simulated_ns += config.repeats * config.n_windows * config.seeding_ps / 1000.0
+    window_ns, seeding_ns = simulated_ns_of(config)
+    simulated_ns = window_ns + seeding_ns
     window_s = sum(info["wall_s"] for info in infos)
-    window_ns = config.repeats * config.n_windows * (config.ps_per_window + config.equilibration_ps) / 1000.0
     kinds: dict[str, int] = {}
     for flag in analysis.flags:
         kinds[flag["kind"]] = kinds.get(flag["kind"], 0) + 1
@@ -307,6 +325,18 @@ def _summary(
         "seeding_ps": config.seeding_ps,
         "force_constant_kj_mol_rad2": config.force_constant,
         "restraint_width_deg": float(np.rad2deg(restraint_width(config.force_constant, kt))),
+        "psi_windows": config.psi_windows,
+        "psi_force_constant_kj_mol_rad2": config.psi_force_constant,
+        "psi_restraint_width_deg": (
+            float(np.rad2deg(restraint_width(config.psi_force_constant, kt))) if config.two_dimensional else None
+        ),
+        "psi_window_spacing_deg": config.psi_spacing_deg if config.two_dimensional else None,
+        "n_total_windows": config.n_total_windows,
+        "umbrella": (
+            f"2-D on (phi, psi): {config.n_windows} phi x {config.psi_windows} psi windows"
+            if config.two_dimensional
+            else f"1-D along phi: {config.n_windows} windows, psi free"
+        ),
         "repeats": config.repeats,
         "starts": starts,
         "temperature_K": config.temperature_K,
@@ -339,11 +369,48 @@ def _summary(
         "command": command,
         "date_finished_utc": utc_now(),
         "files": {
-            "umbrella.npz": "phi, psi, reduced_potential [R, K, T]; u_kln [R, K, K, T]; centers_rad; kt_kj_mol (redo the MBAR)",
+            "umbrella.npz": (
+                "phi, psi, reduced_potential [R, K, T]; u_kln [R, K, K, T]; centers_rad; kt_kj_mol (redo the MBAR)"
+                + (
+                    f"; K = {config.n_windows} x {config.psi_windows} (phi, psi) windows, window_phi_centers_rad, "
+                    "window_psi_centers_rad [K]"
+                    if config.two_dimensional
+                    else ""
+                )
+            ),
             "frames.npz": "positions [R, K, T, N, 3] float32 nm; log_weights [R, K, T] (MBAR, unbiased, per repeat)",
             "windows/": "one file per window and repeat (resumable)",
         },
     }
+
+
+def simulated_ns_of(config: UmbrellaConfig) -> tuple[float, float]:
+    """(window dynamics, seeding chains) simulated by a whole run, ns.
+
+    Windows: ``windows x repeats x (ps_per_window + equilibration_ps)`` with windows =
+    ``n_windows * psi_windows``; seeding: ``windows x repeats x seeding_ps`` (sequential per repeat).
+    """
+    windows = config.repeats * config.n_total_windows
+    return (
+        windows * (config.ps_per_window + config.equilibration_ps) / 1000.0,
+        windows * config.seeding_ps / 1000.0,
+    )
+
+
+def describe_protocol(config: UmbrellaConfig) -> str:
+    """One line: the windows and the simulated time of ``config``."""
+    window_ns, seeding_ns = simulated_ns_of(config)
+    if config.two_dimensional:
+        windows = (
+            f"2-D umbrella on (phi, psi): {config.n_windows} phi x {config.psi_windows} psi = {config.n_total_windows} "
+            f"windows (psi restraint {config.psi_force_constant:g} kJ/mol/rad^2)"
+        )
+    else:
+        windows = f"1-D umbrella along phi: {config.n_windows} windows (psi free)"
+    return (
+        f"{windows} x {config.repeats} repeats x ({config.ps_per_window:g} + {config.equilibration_ps:g} ps "
+        f"equilibration) = {window_ns:.3g} ns in windows, plus {seeding_ns:.3g} ns of seeding chains"
+    )
 
 
 def run_umbrella(
@@ -389,6 +456,7 @@ def run_umbrella(
         if not resuming:
             _initialise(run, config, molecular, torsions, command)
             log(f"seed {config.seed}, platform {config.platform}")
+            log(describe_protocol(config))
         system_xml = run.system_xml.read_text()
         torsion_lists = {name: [int(a) for a in atoms] for name, atoms in torsions.items()}
         workers = n_workers or available_cores()
@@ -400,19 +468,21 @@ def run_umbrella(
             for r in range(config.repeats)
             if not run.seeds_file(r).exists()
         ]
+        if config.two_dimensional and "psi" not in torsions:
+            raise BoltzgenError(f"--psi-windows needs a backbone psi, which {molecular.name} lacks")
         windows = [
             WindowTask(r, k, config_dict, system_xml, torsion_lists, str(run.seeds_file(r)), str(run.window_file(r, k)))
             for r in range(config.repeats)
-            for k in range(config.n_windows)
+            for k in range(config.n_total_windows)
             if not run.window_file(r, k).exists()
         ]
-        total_windows = config.repeats * config.n_windows
+        total_windows = config.repeats * config.n_total_windows
         if resuming and (len(windows) < total_windows or len(chains) < config.repeats):
             log(f"resuming: {total_windows - len(windows)} of {total_windows} windows already finished")
         if not windows and not chains and run.summary_json.exists():
             return UmbrellaResult(run.root, read_json(run.summary_json), None, "already finished")
         _run_phase(
-            chains, workers, total_windows, total_windows - len(chains) * config.n_windows,
+            chains, workers, total_windows, total_windows - len(chains) * config.n_total_windows,
             "umbrella: seeding", "window", quiet, session,
         )
         total_frames = total_windows * config.n_frames
@@ -427,6 +497,8 @@ def run_umbrella(
         starts = [dict(read_seeds(run.seeds_file(r))[1]) for r in range(config.repeats)]
         for start in starts:
             start.pop("seed_phi_deg", None)
+            if config.two_dimensional:
+                start.pop("seed_psi_deg", None)
         metadata = read_json(run.run_json)
         time_ps = config.frame_interval_ps * np.arange(1, config.n_frames + 1)
         write_umbrella_npz(
@@ -439,11 +511,26 @@ def run_umbrella(
             kt_kj_mol=kt,
             time_ps=time_ps,
             metadata=metadata,
+            **(
+                {"psi_centers_rad": config.psi_centers_rad, "psi_force_constant": config.psi_force_constant}
+                if config.two_dimensional
+                else {}
+            ),
         )
         log_weights = np.stack([np.stack(r.log_weights) for r in analysis.per_repeat])
+        centres = (
+            {"window_phi_centers_rad": config.window_phi_centers_rad, "window_psi_centers_rad": config.window_psi_centers_rad}
+            if config.two_dimensional
+            else {}
+        )
         save_npz_atomic(run.frames_npz, positions=positions, log_weights=log_weights, phi=data.phi,
-                        **({} if data.psi is None else {"psi": data.psi}))
-        profile_plot(analysis, config.centers_rad, run.profile_png, title=f"{molecular.name}: umbrella along phi, MBAR")
+                        **({} if data.psi is None else {"psi": data.psi}), **centres)
+        title = (
+            f"{molecular.name}: 2-D umbrella ({config.n_windows} phi x {config.psi_windows} psi windows), MBAR"
+            if config.two_dimensional
+            else f"{molecular.name}: umbrella along phi, MBAR"
+        )
+        profile_plot(analysis, config.centers_rad, run.profile_png, title=title, psi_windows=config.psi_windows)
         summary = _summary(config, molecular, analysis, starts, infos, session, workers, kt, command)
         write_json_atomic(run.summary_json, summary)
     return UmbrellaResult(run.root, summary, analysis, "finished")

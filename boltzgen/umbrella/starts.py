@@ -19,6 +19,12 @@ circle (the halves meet on the far side); at each window the restraint centre ju
 (0.5 k spacing^2 = 7.6 kJ/mol at the defaults) and ``seeding_ps`` of restrained dynamics follow; the
 last configuration is that window's starting point. psi is not restrained along the way, so each
 chain carries its own psi history into the windows.
+
+2-D runs (psi windows, :func:`seed_windows_2d`): the chain walks phi in the same way with psi
+restrained at the psi centre nearest the start's psi; at every phi centre it then walks psi
+window by window in both directions round the circle (phi held at that centre), ``seeding_ps`` at
+each psi centre, and comes back to the phi walk where it left it. Every (phi, psi) window is
+reached by a path of restrained runs from the repeat's own start.
 """
 
 from __future__ import annotations
@@ -34,8 +40,7 @@ from boltzgen.md.config import ReplicaSeeds
 from boltzgen.md.platforms import get_platform, platform_properties
 from boltzgen.umbrella.restraint import (
     CENTER_PARAMETER,
-    ENERGY_EXPRESSION,
-    FORCE_CONSTANT_PARAMETER,
+    PSI_CENTER_PARAMETER,
     dihedrals,
     free_force_group,
     torsion_restraint,
@@ -65,25 +70,13 @@ class StartInfo:
     psi_deg: float | None
 
 
-def _psi_restraint(atoms, center_rad: float, force_constant: float, force_group: int):
-    """A second torsion restraint (other global parameter names) for steering psi."""
-    import openmm
-
-    force = openmm.CustomTorsionForce(
-        ENERGY_EXPRESSION.replace(CENTER_PARAMETER, "psi_theta0").replace(FORCE_CONSTANT_PARAMETER, "psi_k")
-    )
-    force.addGlobalParameter("psi_theta0", float(center_rad))
-    force.addGlobalParameter("psi_k", float(force_constant))
-    force.addTorsion(*(int(a) for a in atoms), [])
-    force.setForceGroup(int(force_group))
-    return force
-
-
 class RestrainedSimulation:
     """A Langevin Context of a system plus the phi umbrella restraint (and optionally a psi one).
 
-    The restraint lives in a force group of its own (``restraint_group``), so the unbiased
-    potential energy is the energy of all other groups (:meth:`frame`).
+    The restraints live in a force group of their own (``restraint_group``), so the unbiased
+    potential energy is the energy of all other groups (:meth:`frame`). The psi restraint (when
+    ``psi_atoms`` is given) has force constant ``psi_force_constant`` and its centre is the global
+    parameter ``PSI_CENTER_PARAMETER``.
     """
 
     def __init__(
@@ -100,6 +93,7 @@ class RestrainedSimulation:
         integrator_seed: int,
         psi_atoms=None,
         psi_center_rad: float | None = None,
+        psi_force_constant: float = STEER_FORCE_CONSTANT,
     ):
         import openmm
         from openmm import unit
@@ -108,7 +102,9 @@ class RestrainedSimulation:
         self.restraint_group = free_force_group(system)
         system.addForce(torsion_restraint(phi_atoms, center_rad, force_constant, self.restraint_group))
         if psi_atoms is not None:
-            system.addForce(_psi_restraint(psi_atoms, psi_center_rad, STEER_FORCE_CONSTANT, self.restraint_group))
+            system.addForce(
+                torsion_restraint(psi_atoms, psi_center_rad, psi_force_constant, self.restraint_group, psi=True)
+            )
         self.integrator = openmm.LangevinMiddleIntegrator(
             temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
         )
@@ -223,7 +219,7 @@ def _steer(
         if should_stop():
             return None
         simulation.set_center(phi0 + d_phi * i / n_moves)
-        simulation.set_center(psi0 + d_psi * i / n_moves, "psi_theta0")
+        simulation.set_center(psi0 + d_psi * i / n_moves, PSI_CENTER_PARAMETER)
         simulation.step(steps_per_move)
     simulation.step(int(round(STEER_HOLD_PS * 1000.0 / config.timestep_fs)))
     simulation.minimise()
@@ -301,4 +297,73 @@ def seed_windows(
             simulation.step(seeding_steps)
             seeds[window] = simulation.positions()
             report(window)
+    return seeds
+
+
+def seed_windows_2d(
+    simulation: RestrainedSimulation,
+    start_positions_nm: np.ndarray,
+    phi_centers_rad: np.ndarray,
+    psi_centers_rad: np.ndarray,
+    phi_atoms,
+    psi_atoms,
+    seeding_steps: int,
+    velocity_seed: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    report: Callable[[int], None] = lambda window: None,
+) -> np.ndarray | None:
+    """Starting positions ``[K * M, N, 3]`` of every (phi, psi) window (window ``j * M + m``).
+
+    The steered chain of the module docstring: phi walked as in :func:`seed_windows` with psi held
+    at the psi centre nearest the start, and from every phi centre a psi walk both ways round the
+    circle. ``simulation`` must carry both restraints at the run's force constants. Returns None
+    if stopped.
+    """
+    n_phi, n_psi = len(phi_centers_rad), len(psi_centers_rad)
+    phi_start = float(dihedrals(start_positions_nm, phi_atoms))
+    psi_start = float(dihedrals(start_positions_nm, psi_atoms))
+    first_phi = int(np.argmin(np.abs(wrap_angle(np.asarray(phi_centers_rad) - phi_start))))
+    first_psi = int(np.argmin(np.abs(wrap_angle(np.asarray(psi_centers_rad) - psi_start))))
+    simulation.set_positions(start_positions_nm)
+    simulation.set_center(phi_centers_rad[first_phi])
+    simulation.set_center(psi_centers_rad[first_psi], PSI_CENTER_PARAMETER)
+    simulation.minimise()
+    simulation.set_velocities(velocity_seed)
+    simulation.step(seeding_steps)
+    seeds = np.full((n_phi * n_psi,) + np.shape(start_positions_nm), np.nan)
+
+    def walk_psi(j: int) -> bool:
+        """Seed the psi windows of phi window j from the present state; restore that state after."""
+        seeds[j * n_psi + first_psi] = simulation.positions()
+        report(j * n_psi + first_psi)
+        here = simulation.context.getState(getPositions=True, getVelocities=True)
+        up = n_psi // 2
+        for direction, count in ((+1, up), (-1, n_psi - 1 - up)):
+            simulation.context.setState(here)
+            for step in range(1, count + 1):
+                if should_stop():
+                    return False
+                m = (first_psi + direction * step) % n_psi
+                simulation.set_center(psi_centers_rad[m], PSI_CENTER_PARAMETER)
+                simulation.step(seeding_steps)
+                seeds[j * n_psi + m] = simulation.positions()
+                report(j * n_psi + m)
+        simulation.context.setState(here)
+        simulation.set_center(psi_centers_rad[first_psi], PSI_CENTER_PARAMETER)
+        return True
+
+    if not walk_psi(first_phi):
+        return None
+    at_first = simulation.context.getState(getPositions=True, getVelocities=True)
+    up = n_phi // 2
+    for direction, count in ((+1, up), (-1, n_phi - 1 - up)):
+        simulation.context.setState(at_first)
+        for step in range(1, count + 1):
+            if should_stop():
+                return None
+            j = (first_phi + direction * step) % n_phi
+            simulation.set_center(phi_centers_rad[j])
+            simulation.step(seeding_steps)
+            if not walk_psi(j):
+                return None
     return seeds

@@ -2,9 +2,10 @@
 
 - `ChainTask`: build a repeat's starting structure and walk the seeding chain through all windows
   (``boltzgen.umbrella.starts``) -> ``seeds/repeat_RR.npz``;
-- `WindowTask`: one window of one repeat: restraint at the window centre, new velocities, equilibration,
-  then a frame every ``frame_interval_ps`` (phi, psi, unbiased reduced potential, positions) ->
-  ``windows/rRR_wKKK.npz``, written atomically once the window is complete.
+- `WindowTask`: one window of one repeat: restraint at the window centre (phi, and psi in 2-D runs),
+  new velocities, equilibration, then a frame every ``frame_interval_ps`` (phi, psi, unbiased
+  reduced potential, positions) -> ``windows/rRR_wKKK.npz``, written atomically once the window is
+  complete (window ``w = j * M + m`` for phi centre j and psi centre m; ``w = j`` in 1-D runs).
 
 A task polls ``should_stop`` between slices of dynamics and returns early (writing nothing) when
 asked; it reports progress through ``report(units)`` (windows seeded, frames produced).
@@ -20,8 +21,8 @@ from typing import Callable
 import numpy as np
 
 from boltzgen.umbrella.config import UmbrellaConfig
-from boltzgen.umbrella.restraint import bias_kj_mol, dihedrals
-from boltzgen.umbrella.starts import RestrainedSimulation, seed_windows, starting_structure
+from boltzgen.umbrella.restraint import dihedrals, window_bias_kj_mol
+from boltzgen.umbrella.starts import RestrainedSimulation, seed_windows, seed_windows_2d, starting_structure
 from boltzgen.umbrella.storage import read_seeds, write_seeds, write_window
 from boltzgen.units import kt_kj_per_mol
 
@@ -49,7 +50,17 @@ class WindowTask:
     window_path: str
 
 
-def _simulation(task, config: UmbrellaConfig, center_rad: float, integrator_seed: int) -> RestrainedSimulation:
+def _simulation(
+    task, config: UmbrellaConfig, center_rad: float, integrator_seed: int, psi_center_rad: float = 0.0
+) -> RestrainedSimulation:
+    """The restrained simulation of a task: phi restraint, plus the psi one in 2-D runs."""
+    psi = {}
+    if config.two_dimensional:
+        psi = dict(
+            psi_atoms=task.torsions["psi"],
+            psi_center_rad=float(psi_center_rad),
+            psi_force_constant=config.psi_force_constant,
+        )
     return RestrainedSimulation(
         task.system_xml,
         task.torsions["phi"],
@@ -60,6 +71,7 @@ def _simulation(task, config: UmbrellaConfig, center_rad: float, integrator_seed
         timestep_fs=config.timestep_fs,
         platform=config.platform,
         integrator_seed=integrator_seed,
+        **psi,
     )
 
 
@@ -77,16 +89,30 @@ def run_chain(task: ChainTask, report: Callable[[int], None], should_stop: Calla
         return False
     simulation = _simulation(task, config, 0.0, seeds.integrator_seed)
     started = time.perf_counter()
-    window_positions = seed_windows(
-        simulation,
-        positions,
-        config.centers_rad,
-        torsions["phi"],
-        config.seeding_steps,
-        seeds.velocity_seed,
-        should_stop=should_stop,
-        report=lambda window: report(1),
-    )
+    if config.two_dimensional:
+        window_positions = seed_windows_2d(
+            simulation,
+            positions,
+            config.centers_rad,
+            config.psi_centers_rad,
+            torsions["phi"],
+            torsions["psi"],
+            config.seeding_steps,
+            seeds.velocity_seed,
+            should_stop=should_stop,
+            report=lambda window: report(1),
+        )
+    else:
+        window_positions = seed_windows(
+            simulation,
+            positions,
+            config.centers_rad,
+            torsions["phi"],
+            config.seeding_steps,
+            seeds.velocity_seed,
+            should_stop=should_stop,
+            report=lambda window: report(1),
+        )
     if window_positions is None:
         return False
     start = dict(asdict(info), repeat=task.repeat, chain_wall_s=time.perf_counter() - started)
@@ -100,10 +126,11 @@ def run_chain(task: ChainTask, report: Callable[[int], None], should_stop: Calla
 def run_window(task: WindowTask, report: Callable[[int], None], should_stop: Callable[[], bool]) -> bool:
     """Simulate window ``task.window`` of repeat ``task.repeat`` and write its file; False if stopped."""
     config = UmbrellaConfig.from_dict(task.config)
-    center = float(config.centers_rad[task.window])
+    center = float(config.window_phi_centers_rad[task.window])
+    psi_center = float(config.window_psi_centers_rad[task.window])
     seeds = config.window_seeds(task.repeat, task.window)
     seed_positions, _ = read_seeds(Path(task.seeds_path))
-    simulation = _simulation(task, config, center, seeds.integrator_seed)
+    simulation = _simulation(task, config, center, seeds.integrator_seed, psi_center)
     simulation.set_positions(seed_positions[task.window])
     simulation.set_velocities(seeds.velocity_seed)
     started = time.perf_counter()
@@ -131,19 +158,22 @@ def run_window(task: WindowTask, report: Callable[[int], None], should_stop: Cal
         report(unreported)
     kt = kt_kj_per_mol(config.temperature_K)
     phi = dihedrals(positions, task.torsions["phi"])
+    psi = dihedrals(positions, task.torsions["psi"]) if "psi" in task.torsions else None
     arrays = {
         "phi": phi,
         "reduced_potential": energies / kt,
-        "bias_kT": bias_kj_mol(phi, center, config.force_constant) / kt,
+        "bias_kT": window_bias_kj_mol(phi, psi, center, psi_center, config.force_constant, config.psi_force_constant)
+        / kt,
         "positions": positions.astype(np.float32),
         "time_ps": config.frame_interval_ps * np.arange(1, n_frames + 1, dtype=np.float64),
     }
-    if "psi" in task.torsions:
-        arrays["psi"] = dihedrals(positions, task.torsions["psi"])
+    if psi is not None:
+        arrays["psi"] = psi
     info = {
         "repeat": task.repeat,
         "window": task.window,
         "center_rad": center,
+        **({"psi_center_rad": psi_center} if config.two_dimensional else {}),
         "integrator_seed": seeds.integrator_seed,
         "velocity_seed": seeds.velocity_seed,
         "wall_s": time.perf_counter() - started,
