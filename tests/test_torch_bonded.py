@@ -8,7 +8,6 @@ including periodic ones whose bonds cross the box boundary (triclinic box too).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -24,8 +23,14 @@ from boltzgen.energy.torch_forces.bonded import (
     RBTorsionTerm,
 )
 from boltzgen.geometry import dihedral_angle
+from force_term_checks import (  # noqa: F401  (single_torch_thread: autouse fixture)
+    check_term,
+    openmm_reference,
+    perturbed,
+    single_force_system,
+    single_torch_thread,
+)
 
-RTOL64 = 1e-6
 RTOL32 = 2e-4
 TERMS = {
     openmm.HarmonicBondForce: HarmonicBondTerm,
@@ -40,81 +45,9 @@ TRICLINIC_BOX = np.array([[2.0, 0.0, 0.0], [0.6, 2.1, 0.0], [-0.5, 0.8, 2.2]])
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """One intra-op thread: these tensors are tiny, and on a busy 2-core machine torch's parallel
-    kernels (index_add, the backward of index_select) can wait milliseconds per call for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
-def single_force_system(force: openmm.Force, masses, box=None) -> openmm.System:
-    """A System holding only a deep copy of ``force``, with the given particle masses (and box)."""
-    system = openmm.System()
-    for mass in masses:
-        system.addParticle(mass)
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(box, dtype=float)])
-    system.addForce(copy.deepcopy(force))
-    return system
-
-
-def openmm_reference(system: openmm.System, frames: np.ndarray, box=None):
-    """OpenMM Reference energies ``[B]`` kJ/mol and forces ``[B, N, 3]`` kJ/mol/nm."""
-    context = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-    )
-    if box is not None:
-        context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(box, dtype=float)])
-    energies, forces = [], []
-    for frame in frames:
-        context.setPositions(frame)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer))
-    del context
-    return np.array(energies), np.array(forces)
-
-
-def torch_evaluate(term, frames: np.ndarray, box=None, dtype=torch.float64):
-    """Energies ``[B]`` and forces ``-dE/dx`` ``[B, N, 3]`` of a term, as float64 numpy arrays."""
-    term = term.to(dtype=dtype)
-    positions = torch.tensor(frames, dtype=dtype, requires_grad=True)
-    box_t = None if box is None else torch.tensor(np.asarray(box), dtype=dtype)
-    energy = term(positions, box_t)
-    assert energy.shape == (len(frames),) and energy.dtype == dtype
-    (gradient,) = torch.autograd.grad(energy.sum(), positions)
-    return energy.detach().double().numpy(), -gradient.double().numpy()
-
-
-def relative_errors(energy, forces, ref_energy, ref_forces):
-    """Max relative energy error (per frame, floor 1 kJ/mol) and max force error over the frame's largest force."""
-    energy_error = np.max(np.abs(energy - ref_energy) / np.maximum(np.abs(ref_energy), 1.0))
-    scale = np.maximum(np.abs(ref_forces).max(axis=(1, 2)), 1.0)
-    force_error = np.max(np.abs(forces - ref_forces).max(axis=(1, 2)) / scale)
-    return energy_error, force_error
-
-
-def check_term(force, masses, frames, box=None, rtol=RTOL64, dtype=torch.float64, system=None):
-    term_class = TERMS[type(force)]
-    system = single_force_system(force, masses, box)
-    ref_energy, ref_forces = openmm_reference(system, frames, box)
-    term = term_class.from_openmm(system.getForce(0), system)
-    energy, forces = torch_evaluate(term, frames, box, dtype)
-    energy_error, force_error = relative_errors(energy, forces, ref_energy, ref_forces)
-    assert energy_error < rtol, (type(force).__name__, energy_error, ref_energy, energy)
-    assert force_error < rtol, (type(force).__name__, force_error)
-    return energy_error, force_error
-
-
-def perturbed(positions: np.ndarray, batch: int, sigma: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    frames = np.repeat(np.asarray(positions, dtype=np.float64)[None], batch, axis=0)
-    frames[1:] += rng.normal(scale=sigma, size=frames[1:].shape)
-    return frames
+def check_bonded(force, masses, frames, **options):
+    """:func:`check_term` with the term class of ``force``'s type."""
+    return check_term(TERMS[type(force)], force, masses, frames, **options)
 
 
 # ----------------------------------------------------------------------------- alanine dipeptide
@@ -134,7 +67,7 @@ def test_alanine_dipeptide_bonded_forces(alanine, force_type, sigma):
     system, masses, positions = alanine
     (force,) = [f for f in system.getForces() if isinstance(f, force_type)]
     frames = perturbed(positions, 8, sigma, seed=11)
-    check_term(force, masses, frames)
+    check_bonded(force, masses, frames)
 
 
 @pytest.mark.parametrize("force_type", list(TERMS)[:3], ids=lambda t: t.__name__)
@@ -142,7 +75,7 @@ def test_alanine_dipeptide_bonded_forces_float32(alanine, force_type):
     system, masses, positions = alanine
     (force,) = [f for f in system.getForces() if isinstance(f, force_type)]
     frames = perturbed(positions, 8, 0.02, seed=12)
-    check_term(force, masses, frames, rtol=RTOL32, dtype=torch.float32)
+    check_bonded(force, masses, frames, rtol=RTOL32, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- synthetic systems
@@ -189,7 +122,7 @@ def test_synthetic_nonperiodic(force_type, sigma):
     n = 14
     force = synthetic_force(force_type, n, seed=3, periodic=False)
     frames = perturbed(random_chain(n, seed=4), 8, sigma, seed=5)
-    check_term(force, [12.0] * n, frames)
+    check_bonded(force, [12.0] * n, frames)
 
 
 @pytest.mark.parametrize("force_type", list(TERMS), ids=lambda t: t.__name__)
@@ -203,9 +136,9 @@ def test_synthetic_periodic_bonds_across_the_boundary(force_type, box):
     fractional = frames @ np.linalg.inv(box)
     wrapped = (fractional - np.floor(fractional)) @ box
     assert np.abs(wrapped - frames).max() > 1.0  # really wrapped
-    check_term(force, [12.0] * n, wrapped, box=box)
+    check_bonded(force, [12.0] * n, wrapped, box=box)
     # Without periodic boundary conditions in the force, the wrapped chain is far from the original.
-    check_term(synthetic_force(force_type, n, seed=6, periodic=False), [12.0] * n, wrapped)
+    check_bonded(synthetic_force(force_type, n, seed=6, periodic=False), [12.0] * n, wrapped)
 
 
 def test_torsion_sign_matches_openmm():
@@ -219,7 +152,7 @@ def test_torsion_sign_matches_openmm():
     ref_energy, _ = openmm_reference(system, frames)
     # E = k (1 + cos(phi - pi/2)) = k (1 + sin(phi)): IUPAC phi, as OpenMM's.
     np.testing.assert_allclose(ref_energy, 10.0 * (1 + np.sin(phi)), rtol=1e-9, atol=1e-9)
-    check_term(force, [1.0] * 4, frames)
+    check_bonded(force, [1.0] * 4, frames)
 
 
 def test_empty_forces_give_zero_energy():

@@ -19,22 +19,15 @@ from boltzgen.energy.torch_forces.custom_bonded import (
     CustomTorsionTerm,
 )
 from boltzgen.geometry import dihedrals
+from force_term_checks import openmm_reference, single_force_system, torch_evaluate
 
-KJ = openmm.unit.kilojoule_per_mole
-KJ_NM = KJ / openmm.unit.nanometer
 N_ATOMS = 10
 N_CONFIGS = 4
 BOX = np.array([[2.2, 0.0, 0.0], [0.4, 2.4, 0.0], [-0.5, 0.6, 2.6]])
 
 
 def _system(force: openmm.Force, periodic_box: np.ndarray | None = None) -> openmm.System:
-    system = openmm.System()
-    for _ in range(N_ATOMS):
-        system.addParticle(12.0)
-    if periodic_box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in periodic_box])
-    system.addForce(force)
-    return system
+    return single_force_system(force, [12.0] * N_ATOMS, periodic_box)
 
 
 def _configurations(seed: int, spread: float = 1.0) -> np.ndarray:
@@ -42,41 +35,18 @@ def _configurations(seed: int, spread: float = 1.0) -> np.ndarray:
     return rng.uniform(-spread, spread, size=(N_CONFIGS, N_ATOMS, 3))
 
 
-def openmm_reference(system: openmm.System, configurations: np.ndarray, parameters: dict | None = None):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    for name, value in (parameters or {}).items():
-        context.setParameter(name, value)
-    energies, forces = [], []
-    for positions in configurations:
-        context.setPositions(positions)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(KJ))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(KJ_NM))
-    return np.array(energies), np.array(forces)
-
-
-def torch_energy_and_forces(term, configurations, box=None, dtype=torch.float64):
-    term = term.to(dtype)
-    positions = torch.tensor(configurations, dtype=dtype, requires_grad=True)
-    box_tensor = None if box is None else torch.tensor(box, dtype=dtype)
-    energy = term(positions, box_tensor)
-    assert energy.shape == (len(configurations),) and energy.dtype == dtype
-    (grad,) = torch.autograd.grad(energy.sum(), positions)
-    return energy.detach().double().numpy(), -grad.double().numpy()
-
-
 def assert_term_matches(term_class, force, configurations, periodic_box=None, parameters=None, rtol=1e-6):
     system = _system(force, periodic_box)
-    expected_energy, expected_forces = openmm_reference(system, configurations, parameters)
+    expected_energy, expected_forces = openmm_reference(system, configurations, parameters=parameters)
     term = term_class.from_openmm(force, system)
     for name, value in (parameters or {}).items():
         term.set_global_parameter(name, value)
-    energy, forces = torch_energy_and_forces(term, configurations, periodic_box)
+    energy, forces = torch_evaluate(term, configurations, periodic_box)
     np.testing.assert_allclose(energy, expected_energy, rtol=rtol, atol=1e-10)
     scale = np.abs(expected_forces).max()
     np.testing.assert_allclose(forces, expected_forces, rtol=rtol, atol=rtol * 1e-3 * scale)
     # float32 agrees with float64 to float32 accuracy
-    energy32, forces32 = torch_energy_and_forces(term, configurations, periodic_box, torch.float32)
+    energy32, forces32 = torch_evaluate(term, configurations, periodic_box, torch.float32)
     np.testing.assert_allclose(energy32, energy, rtol=1e-4, atol=1e-4 * np.abs(energy).max())
     np.testing.assert_allclose(forces32, forces, rtol=1e-3, atol=1e-4 * scale)
     return term

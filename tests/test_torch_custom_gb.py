@@ -14,6 +14,7 @@ from openmm import unit
 from boltzgen import systems
 from boltzgen.energy.torch_forces.base import UnsupportedForceError
 from boltzgen.energy.torch_forces.custom_gb import CustomGBTerm
+from force_term_checks import openmm_reference, perturbed_two_scales, single_force_system, torch_evaluate
 
 RTOL = 1e-6
 AMBER_GB = ["implicit/obc1.xml", "implicit/obc2.xml", "implicit/gbn.xml", "implicit/gbn2.xml", "implicit/hct.xml"]
@@ -24,50 +25,13 @@ def ad2():
     return systems.load("alanine_dipeptide_implicit")
 
 
-def single_force_system(force, n, masses=None, box=None):
-    system = openmm.System()
-    for i in range(n):
-        system.addParticle(12.0 if masses is None else masses[i])
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    system.addForce(copy.deepcopy(force))
-    return system
-
-
-def reference(system, positions):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = [], []
-    for x in positions:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return np.array(energies), np.stack(forces)
-
-
 def assert_matches(force, system, positions, box=None, dtype=torch.float64, rtol=RTOL, ftol=None):
-    e_ref, f_ref = reference(system, positions)
-    term = CustomGBTerm.from_openmm(force, system).to(dtype)
-    x = torch.tensor(positions, dtype=dtype, requires_grad=True)
-    energy = term(x, None if box is None else torch.tensor(box, dtype=dtype))
-    (grad,) = torch.autograd.grad(energy.sum(), x)
-    energy, forces = energy.detach().double().numpy(), -grad.double().numpy()
+    e_ref, f_ref = openmm_reference(system, positions)
+    energy, forces = torch_evaluate(CustomGBTerm.from_openmm(force, system), positions, box, dtype)
     np.testing.assert_allclose(energy, e_ref, rtol=rtol, atol=rtol * np.abs(e_ref).max())
     ftol = rtol if ftol is None else ftol
     np.testing.assert_allclose(forces, f_ref, rtol=ftol, atol=ftol * np.abs(f_ref).max())
     return e_ref
-
-
-def perturbed(positions, seed, small=3, large=3):
-    rng = np.random.default_rng(seed)
-    base = np.asarray(positions, dtype=np.float64)[None]
-    return np.concatenate(
-        [
-            base,
-            base + rng.normal(scale=0.01, size=(small,) + base.shape[1:]),
-            base + rng.normal(scale=0.1, size=(large,) + base.shape[1:]),
-        ]
-    )
 
 
 def amber_gb_force(ad2, xml, **create):
@@ -83,8 +47,8 @@ def amber_gb_force(ad2, xml, **create):
 def test_amber14_implicit_no_cutoff(ad2, xml):
     force, masses = amber_gb_force(ad2, xml, nonbondedMethod=app.NoCutoff)
     assert force.getNonbondedMethod() == openmm.CustomGBForce.NoCutoff
-    system = single_force_system(force, 22, masses)
-    assert_matches(force, system, perturbed(ad2.positions, seed=11))
+    system = single_force_system(force, masses)
+    assert_matches(force, system, perturbed_two_scales(ad2.positions, seed=11))
 
 
 @pytest.mark.parametrize("xml", ["implicit/obc2.xml", "implicit/gbn2.xml"])
@@ -93,8 +57,8 @@ def test_amber14_implicit_cutoff_nonperiodic(ad2, xml):
         ad2, xml, nonbondedMethod=app.CutoffNonPeriodic, nonbondedCutoff=0.5 * unit.nanometer
     )
     assert force.getNonbondedMethod() == openmm.CustomGBForce.CutoffNonPeriodic
-    system = single_force_system(force, 22, masses)
-    positions = perturbed(ad2.positions, seed=12)
+    system = single_force_system(force, masses)
+    positions = perturbed_two_scales(ad2.positions, seed=12)
     assert (np.linalg.norm(positions[:, :, None] - positions[:, None], axis=-1) > 0.5).any()
     assert_matches(force, system, positions)
 
@@ -108,17 +72,17 @@ def test_amber14_implicit_cutoff_periodic(ad2, xml):
         ad2, xml, topology=topology, nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=0.7 * unit.nanometer
     )
     assert force.getNonbondedMethod() == openmm.CustomGBForce.CutoffPeriodic
-    system = single_force_system(force, 22, masses, box)
+    system = single_force_system(force, masses, box)
     # molecule wrapped across the box faces: only the minimum image is right
-    positions = perturbed(ad2.positions, seed=13) - np.asarray(ad2.positions).mean(0)
+    positions = perturbed_two_scales(ad2.positions, seed=13) - np.asarray(ad2.positions).mean(0)
     positions = positions - np.floor(positions / np.diag(box)) * np.diag(box)
     assert_matches(force, system, positions, box=box)
 
 
 def test_amber14_float32(ad2):
     force, masses = amber_gb_force(ad2, "implicit/gbn2.xml", nonbondedMethod=app.NoCutoff)
-    system = single_force_system(force, 22, masses)
-    assert_matches(force, system, perturbed(ad2.positions, seed=14), dtype=torch.float32, rtol=1e-5, ftol=1e-4)
+    system = single_force_system(force, masses)
+    assert_matches(force, system, perturbed_two_scales(ad2.positions, seed=14), dtype=torch.float32, rtol=1e-5, ftol=1e-4)
 
 
 def synthetic_force(value_type, method, cutoff=None, n=16, seed=0):
@@ -163,7 +127,7 @@ def test_synthetic_every_feature(value_type, method):
     force = synthetic_force(
         getattr(openmm.CustomGBForce, value_type), getattr(openmm.CustomGBForce, method), cutoff=0.8, n=n
     )
-    system = single_force_system(force, n, box=box)
+    system = single_force_system(force, [12.0] * n, box)
     term = CustomGBTerm.from_openmm(force, system)
     assert term.cutoff == (None if method == "NoCutoff" else 0.8)
     if method != "NoCutoff":
@@ -194,29 +158,27 @@ def test_zero_computed_values_and_no_pairs():
 
 
 def test_unsupported_layouts_and_variables():
-    force = openmm.CustomGBForce()
-    force.addPerParticleParameter("q")
-    force.addComputedValue("A", "q*2", openmm.CustomGBForce.SingleParticle)
-    force.addParticle([1.0])
-    force.addParticle([1.0])
-    with pytest.raises(UnsupportedForceError, match="first computed value"):
-        CustomGBTerm.from_openmm(force)
+    single, pair = openmm.CustomGBForce.SingleParticle, openmm.CustomGBForce.ParticlePair
 
-    force = openmm.CustomGBForce()
-    force.addPerParticleParameter("q")
-    force.addComputedValue("A", "q1*r", openmm.CustomGBForce.ParticlePair)
-    force.addComputedValue("C", "A1*r", openmm.CustomGBForce.ParticlePair)
-    force.addParticle([1.0])
-    force.addParticle([1.0])
-    with pytest.raises(UnsupportedForceError, match="first computed value"):
-        CustomGBTerm.from_openmm(force)
+    def gb_force(values=(), energies=(), particles=2):
+        force = openmm.CustomGBForce()
+        force.addPerParticleParameter("q")
+        for name, expression, kind in values:
+            force.addComputedValue(name, expression, kind)
+        for expression, kind in energies:
+            force.addEnergyTerm(expression, kind)
+        for _ in range(particles):
+            force.addParticle([1.0])
+        return force
 
-    force = openmm.CustomGBForce()
-    force.addPerParticleParameter("q")
-    force.addEnergyTerm("q*r", openmm.CustomGBForce.SingleParticle)  # r only exists for pairs
-    force.addParticle([1.0])
-    with pytest.raises(UnsupportedForceError, match="unknown variable"):
-        CustomGBTerm.from_openmm(force)
+    cases = [
+        (gb_force(values=[("A", "q*2", single)]), "first computed value"),
+        (gb_force(values=[("A", "q1*r", pair), ("C", "A1*r", pair)]), "first computed value"),
+        (gb_force(energies=[("q*r", single)], particles=1), "unknown variable"),  # r only exists for pairs
+    ]
+    for force, fragment in cases:
+        with pytest.raises(UnsupportedForceError, match=fragment):
+            CustomGBTerm.from_openmm(force)
 
 
 def test_periodic_needs_box():
@@ -229,9 +191,9 @@ def test_periodic_needs_box():
 def test_pair_exactly_at_the_cutoff_is_dropped():
     """CustomGBForce keeps pairs with r < cutoff only (GBSAOBCForce keeps r == cutoff)."""
     force = synthetic_force(openmm.CustomGBForce.ParticlePair, openmm.CustomGBForce.CutoffNonPeriodic, cutoff=0.5, n=3)
-    system = single_force_system(force, 3)
+    system = single_force_system(force, [12.0] * 3)
     positions = np.array([[[0.1, 0.2, 0.3], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]])  # pair (1, 2): r = 0.5 exactly
     e_ref = assert_matches(force, system, positions)
     longer = copy.deepcopy(force)
     longer.setCutoffDistance(0.5001)
-    assert not np.isclose(e_ref[0], reference(single_force_system(longer, 3), positions)[0][0])
+    assert not np.isclose(e_ref[0], openmm_reference(single_force_system(longer, [12.0] * 3), positions)[0][0])

@@ -23,17 +23,15 @@ from boltzgen.energy.torch_forces.expressions import (
     compile_expression,
 )
 from boltzgen.energy.torch_forces.tabulated import tabulated_function, tabulated_functions_of
+from force_term_checks import reference_context, single_force_system
 
 KJ = openmm.unit.kilojoule_per_mole
 RTOL = 1e-6
 
 
 def _context(force: openmm.Force, n: int) -> openmm.Context:
-    system = openmm.System()
-    for _ in range(n):
-        system.addParticle(1.0)
-    system.addForce(force)
-    return openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    """A Reference-platform Context of ``force`` (a copy) on ``n`` particles of mass 1."""
+    return reference_context(single_force_system(force, [1.0] * n))
 
 
 def _external(expression: str, points: np.ndarray, params: dict | None = None, globals_: dict | None = None):
@@ -285,12 +283,7 @@ def test_periodic_distance_with_box():
     params = {"x0": RNG.uniform(-1, 1, 6), "y0": RNG.uniform(-1, 1, 6), "z0": RNG.uniform(-1, 1, 6)}
     expression = "periodicdistance(x, y, z, x0, y0, z0)^2 + periodicdistance(x, y, z, x0, y0, z0)"
     force = _external(expression, points, params)
-    system = openmm.System()
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box.tolist()])
-    for _ in points:
-        system.addParticle(1.0)
-    system.addForce(force)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context = reference_context(single_force_system(force, [1.0] * len(points), box))
     context.setPositions(points)
     state = context.getState(getEnergy=True, getForces=True)
     compiled = compile_expression(expression)

@@ -20,6 +20,7 @@ from openmm import unit
 from boltzgen import systems
 from boltzgen.energy.torch_forces.base import UnsupportedForceError
 from boltzgen.energy.torch_forces.gbsa import GBSAOBCTerm
+from force_term_checks import openmm_reference, perturbed_two_scales, single_force_system, torch_evaluate
 
 RTOL = 1e-6
 
@@ -35,47 +36,17 @@ def obc(ad2):
     return force
 
 
-def single_force_system(force, masses, box=None):
-    system = openmm.System()
-    for mass in masses:
-        system.addParticle(mass)
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    system.addForce(copy.deepcopy(force))
-    return system
-
-
 def ad2_system(ad2, force):
     masses = [ad2.openmm_system.getParticleMass(i) for i in range(ad2.openmm_system.getNumParticles())]
     return single_force_system(force, masses)
 
 
-def reference(system, positions):
-    """OpenMM Reference energies [B] (kJ/mol) and forces [B, N, 3] (kJ/mol/nm), float64."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = [], []
-    for x in positions:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return np.array(energies), np.stack(forces)
-
-
-def torch_energy_forces(term, positions, box=None, dtype=torch.float64):
-    x = torch.tensor(positions, dtype=dtype, requires_grad=True)
-    box_t = None if box is None else torch.tensor(box, dtype=dtype)
-    energy = term.to(dtype)(x, box_t)
-    (grad,) = torch.autograd.grad(energy.sum(), x)
-    return energy.detach().double().numpy(), -grad.double().numpy()
-
-
 def assert_matches(term, system, positions, box=None, rtol=RTOL, both_paths=True):
-    e_ref, f_ref = reference(system, positions)
+    e_ref, f_ref = openmm_reference(system, positions)
     modes = (True, False) if both_paths else (True,)
     for analytic in modes:
         term.analytic_gradient = analytic
-        energy, forces = torch_energy_forces(term, positions, box)
+        energy, forces = torch_evaluate(term, positions, box)
         np.testing.assert_allclose(energy, e_ref, rtol=rtol, atol=rtol * np.abs(e_ref).max())
         scale = np.abs(f_ref).max(axis=(1, 2), keepdims=True)
         np.testing.assert_allclose(forces, f_ref, rtol=rtol, atol=rtol * scale.max())
@@ -84,24 +55,11 @@ def assert_matches(term, system, positions, box=None, rtol=RTOL, both_paths=True
     return e_ref
 
 
-def perturbed(positions, seed, small=3, large=3):
-    """Configurations near ``positions``: 0.01 nm noise and large (0.1 nm, high-energy) noise."""
-    rng = np.random.default_rng(seed)
-    base = np.asarray(positions, dtype=np.float64)[None]
-    return np.concatenate(
-        [
-            base,
-            base + rng.normal(scale=0.01, size=(small,) + base.shape[1:]),
-            base + rng.normal(scale=0.1, size=(large,) + base.shape[1:]),
-        ]
-    )
-
-
 def test_alanine_dipeptide_no_cutoff(ad2, obc):
     assert obc.getNonbondedMethod() == openmm.GBSAOBCForce.NoCutoff
     system = ad2_system(ad2, obc)
     term = GBSAOBCTerm.from_openmm(obc, system)
-    assert_matches(term, system, perturbed(ad2.positions, seed=1))
+    assert_matches(term, system, perturbed_two_scales(ad2.positions, seed=1))
 
 
 @pytest.mark.parametrize(
@@ -117,7 +75,7 @@ def test_dielectrics_and_surface_area(ad2, obc, solute, solvent, surface_area):
     system = ad2_system(ad2, force)
     term = GBSAOBCTerm.from_openmm(force, system)
     assert term.use_ace == (surface_area != 0)
-    assert_matches(term, system, perturbed(ad2.positions, seed=2, small=2, large=2))
+    assert_matches(term, system, perturbed_two_scales(ad2.positions, seed=2, small=2, large=2))
 
 
 @pytest.mark.parametrize("cutoff", [0.45, 0.7])
@@ -127,7 +85,7 @@ def test_cutoff_nonperiodic(ad2, obc, cutoff):
     force.setCutoffDistance(cutoff)
     system = ad2_system(ad2, force)
     term = GBSAOBCTerm.from_openmm(force, system)
-    positions = perturbed(ad2.positions, seed=3)
+    positions = perturbed_two_scales(ad2.positions, seed=3)
     # some pairs must lie beyond the cutoff for the test to mean anything
     distances = np.linalg.norm(positions[:, :, None] - positions[:, None], axis=-1)
     assert (distances > cutoff).any()
@@ -145,7 +103,7 @@ def test_cutoff_periodic_alanine_dipeptide_across_the_boundary(ad2, obc):
     assert term.periodic
     # Shift the molecule onto a box corner and wrap each atom into the box: bonded neighbours end
     # up on opposite faces, so only the minimum image gets the right answer.
-    positions = perturbed(ad2.positions, seed=4) - np.asarray(ad2.positions).mean(0)
+    positions = perturbed_two_scales(ad2.positions, seed=4) - np.asarray(ad2.positions).mean(0)
     positions = positions - np.floor(positions / np.diag(box)) * np.diag(box)
     assert_matches(term, system, positions, box=box)
 
@@ -183,19 +141,19 @@ def test_inside_case_close_atoms(ad2, obc):
 
 def test_float32(ad2, obc):
     system = ad2_system(ad2, obc)
-    positions = perturbed(ad2.positions, seed=6)
-    e_ref, f_ref = reference(system, positions)
+    positions = perturbed_two_scales(ad2.positions, seed=6)
+    e_ref, f_ref = openmm_reference(system, positions)
     term = GBSAOBCTerm.from_openmm(obc, system)
     for analytic in (True, False):
         term.analytic_gradient = analytic
-        energy, forces = torch_energy_forces(term, positions, dtype=torch.float32)
+        energy, forces = torch_evaluate(term, positions, dtype=torch.float32)
         np.testing.assert_allclose(energy, e_ref, rtol=1e-5, atol=1e-5 * np.abs(e_ref).max())
         np.testing.assert_allclose(forces, f_ref, rtol=1e-4, atol=1e-5 * np.abs(f_ref).max())
 
 
 def test_energy_without_grad_and_born_radii(ad2, obc):
     term = GBSAOBCTerm.from_openmm(obc)
-    x = torch.tensor(perturbed(ad2.positions, seed=7))
+    x = torch.tensor(perturbed_two_scales(ad2.positions, seed=7))
     with torch.no_grad():
         energy = term(x)
     x.requires_grad_(True)
@@ -246,4 +204,4 @@ def test_pair_exactly_at_the_cutoff_is_kept():
     shorter = copy.deepcopy(force)
     shorter.setCutoffDistance(0.4999)
     shorter_system = single_force_system(shorter, [12.0] * 3)
-    assert not np.isclose(reference(system, positions)[0][0], reference(shorter_system, positions)[0][0])
+    assert not np.isclose(openmm_reference(system, positions)[0][0], openmm_reference(shorter_system, positions)[0][0])

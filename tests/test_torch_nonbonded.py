@@ -20,6 +20,13 @@ import torch
 from boltzgen import systems
 from boltzgen.energy.torch_forces.base import UnsupportedForceError
 from boltzgen.energy.torch_forces.nonbonded import NonbondedTerm, dispersion_correction_coefficient
+from force_term_checks import (  # noqa: F401  (single_torch_thread: autouse fixture)
+    check_term,
+    openmm_reference,
+    perturbed,
+    single_force_system,
+    single_torch_thread,
+)
 
 RTOL64 = 1e-6
 RTOL32 = 1e-4
@@ -30,83 +37,6 @@ BOXES = {"none": None, "cubic": CUBIC_BOX, "triclinic": TRICLINIC_BOX}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """One intra-op thread: these tensors are tiny, and on a busy 2-core machine torch's parallel
-    kernels (index_add, the backward of index_select) can wait milliseconds per call for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
-def single_force_system(force: openmm.Force, masses, box=None) -> openmm.System:
-    """A System holding only a deep copy of ``force``, with the given particle masses (and box)."""
-    system = openmm.System()
-    for mass in masses:
-        system.addParticle(mass)
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(box, dtype=float)])
-    system.addForce(copy.deepcopy(force))
-    return system
-
-
-def openmm_reference(system: openmm.System, frames: np.ndarray, box=None):
-    """OpenMM Reference energies ``[B]`` kJ/mol and forces ``[B, N, 3]`` kJ/mol/nm."""
-    context = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-    )
-    if box is not None:
-        context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(box, dtype=float)])
-    energies, forces = [], []
-    for frame in frames:
-        context.setPositions(frame)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer))
-    del context
-    return np.array(energies), np.array(forces)
-
-
-def torch_evaluate(term, frames: np.ndarray, box=None, dtype=torch.float64):
-    """Energies ``[B]`` and forces ``-dE/dx`` ``[B, N, 3]`` of a term, as float64 numpy arrays."""
-    term = term.to(dtype=dtype)
-    positions = torch.tensor(frames, dtype=dtype, requires_grad=True)
-    box_t = None if box is None else torch.tensor(np.asarray(box), dtype=dtype)
-    energy = term(positions, box_t)
-    assert energy.shape == (len(frames),) and energy.dtype == dtype
-    (gradient,) = torch.autograd.grad(energy.sum(), positions)
-    assert torch.isfinite(gradient).all()
-    return energy.detach().double().numpy(), -gradient.double().numpy()
-
-
-def relative_errors(energy, forces, ref_energy, ref_forces):
-    """Max relative energy error (per frame, floor 1 kJ/mol) and max force error over the frame's largest force."""
-    energy_error = np.max(np.abs(energy - ref_energy) / np.maximum(np.abs(ref_energy), 1.0))
-    scale = np.maximum(np.abs(ref_forces).max(axis=(1, 2)), 1.0)
-    force_error = np.max(np.abs(forces - ref_forces).max(axis=(1, 2)) / scale)
-    return energy_error, force_error
-
-
-def check_term(term_class, force, masses, frames, box=None, rtol=RTOL64, dtype=torch.float64):
-    system = single_force_system(force, masses, box)
-    ref_energy, ref_forces = openmm_reference(system, frames, box)
-    term = term_class.from_openmm(system.getForce(0), system)
-    energy, forces = torch_evaluate(term, frames, box, dtype)
-    energy_error, force_error = relative_errors(energy, forces, ref_energy, ref_forces)
-    assert energy_error < rtol, (energy_error, ref_energy, energy)
-    assert force_error < rtol, force_error
-    return energy_error, force_error
-
-
-def perturbed(positions: np.ndarray, batch: int, sigma: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    frames = np.repeat(np.asarray(positions, dtype=np.float64)[None], batch, axis=0)
-    frames[1:] += rng.normal(scale=sigma, size=frames[1:].shape)
-    return frames
 
 
 def with_close_contacts(frames: np.ndarray, seed: int, box=None, count: int = 6) -> np.ndarray:

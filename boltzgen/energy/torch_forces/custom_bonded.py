@@ -56,6 +56,9 @@ class _CustomTerm(ForceTerm):
     geometric_variables: tuple[str, ...] = ()
     #: atoms per term
     width: int = 1
+    #: names of the force's methods: number of per-term parameters, name of parameter i, number of
+    #: terms, (particles..., parameters) of term i -- e.g. ``getNumPerBondParameters``, ...
+    openmm_accessors: tuple[str, str, str, str] = ()
 
     def __init__(
         self,
@@ -135,11 +138,23 @@ class _CustomTerm(ForceTerm):
         energy = energy.to(positions.dtype)
         return torch.broadcast_to(energy, (batch, self.num_terms)).sum(-1)
 
-    @staticmethod
-    def _globals(force) -> tuple[list[str], list[float]]:
-        names = [force.getGlobalParameterName(i) for i in range(force.getNumGlobalParameters())]
+    @classmethod
+    def from_openmm(cls, force: openmm.Force, system: openmm.System) -> "_CustomTerm":
+        """The term of a Custom{Bond,Angle,Torsion,External}Force (read through `openmm_accessors`)."""
+        num_parameters, parameter_name, num_terms, term_parameters = (getattr(force, a) for a in cls.openmm_accessors)
+        names = [parameter_name(i) for i in range(num_parameters())]
+        atoms, parameters = [], []
+        for i in range(num_terms()):
+            *particles, params = term_parameters(i)
+            atoms.append(tuple(particles))
+            parameters.append([float(v) for v in params])
+        global_names = [force.getGlobalParameterName(i) for i in range(force.getNumGlobalParameters())]
         defaults = [float(force.getGlobalParameterDefaultValue(i)) for i in range(force.getNumGlobalParameters())]
-        return names, defaults
+        return cls(
+            force.getEnergyFunction(), atoms, np.asarray(parameters, dtype=np.float64).reshape(len(atoms), len(names)),
+            names, global_names, defaults, force.usesPeriodicBoundaryConditions(), _default_box(system),
+            functions=tabulated_functions_of(force),
+        )
 
     def extra_repr(self) -> str:
         return f"{self.expression_text!r}, terms={self.num_terms}, periodic={self.periodic}"
@@ -151,21 +166,7 @@ class CustomBondTerm(_CustomTerm):
     openmm_name = "CustomBondForce"
     geometric_variables = ("r",)
     width = 2
-
-    @classmethod
-    def from_openmm(cls, force: openmm.CustomBondForce, system: openmm.System) -> "CustomBondTerm":
-        names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
-        atoms, parameters = [], []
-        for i in range(force.getNumBonds()):
-            p1, p2, params = force.getBondParameters(i)
-            atoms.append((p1, p2))
-            parameters.append([float(v) for v in params])
-        global_names, defaults = cls._globals(force)
-        return cls(
-            force.getEnergyFunction(), atoms, np.asarray(parameters, dtype=np.float64).reshape(len(atoms), len(names)),
-            names, global_names, defaults, force.usesPeriodicBoundaryConditions(), _default_box(system),
-            functions=tabulated_functions_of(force),
-        )
+    openmm_accessors = ("getNumPerBondParameters", "getPerBondParameterName", "getNumBonds", "getBondParameters")
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         r = torch.linalg.vector_norm(self._delta(positions, 1, 0, box), dim=-1)
@@ -178,21 +179,7 @@ class CustomAngleTerm(_CustomTerm):
     openmm_name = "CustomAngleForce"
     geometric_variables = ("theta",)
     width = 3
-
-    @classmethod
-    def from_openmm(cls, force: openmm.CustomAngleForce, system: openmm.System) -> "CustomAngleTerm":
-        names = [force.getPerAngleParameterName(i) for i in range(force.getNumPerAngleParameters())]
-        atoms, parameters = [], []
-        for i in range(force.getNumAngles()):
-            p1, p2, p3, params = force.getAngleParameters(i)
-            atoms.append((p1, p2, p3))
-            parameters.append([float(v) for v in params])
-        global_names, defaults = cls._globals(force)
-        return cls(
-            force.getEnergyFunction(), atoms, np.asarray(parameters, dtype=np.float64).reshape(len(atoms), len(names)),
-            names, global_names, defaults, force.usesPeriodicBoundaryConditions(), _default_box(system),
-            functions=tabulated_functions_of(force),
-        )
+    openmm_accessors = ("getNumPerAngleParameters", "getPerAngleParameterName", "getNumAngles", "getAngleParameters")
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         u = self._delta(positions, 0, 1, box)  # r1 - r2
@@ -207,21 +194,7 @@ class CustomTorsionTerm(_CustomTerm):
     openmm_name = "CustomTorsionForce"
     geometric_variables = ("theta",)
     width = 4
-
-    @classmethod
-    def from_openmm(cls, force: openmm.CustomTorsionForce, system: openmm.System) -> "CustomTorsionTerm":
-        names = [force.getPerTorsionParameterName(i) for i in range(force.getNumPerTorsionParameters())]
-        atoms, parameters = [], []
-        for i in range(force.getNumTorsions()):
-            p1, p2, p3, p4, params = force.getTorsionParameters(i)
-            atoms.append((p1, p2, p3, p4))
-            parameters.append([float(v) for v in params])
-        global_names, defaults = cls._globals(force)
-        return cls(
-            force.getEnergyFunction(), atoms, np.asarray(parameters, dtype=np.float64).reshape(len(atoms), len(names)),
-            names, global_names, defaults, force.usesPeriodicBoundaryConditions(), _default_box(system),
-            functions=tabulated_functions_of(force),
-        )
+    openmm_accessors = ("getNumPerTorsionParameters", "getPerTorsionParameterName", "getNumTorsions", "getTorsionParameters")
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         if self.periodic:
@@ -245,21 +218,7 @@ class CustomExternalTerm(_CustomTerm):
     openmm_name = "CustomExternalForce"
     geometric_variables = ("x", "y", "z")
     width = 1
-
-    @classmethod
-    def from_openmm(cls, force: openmm.CustomExternalForce, system: openmm.System) -> "CustomExternalTerm":
-        names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
-        atoms, parameters = [], []
-        for i in range(force.getNumParticles()):
-            particle, params = force.getParticleParameters(i)
-            atoms.append((particle,))
-            parameters.append([float(v) for v in params])
-        global_names, defaults = cls._globals(force)
-        return cls(
-            force.getEnergyFunction(), atoms, np.asarray(parameters, dtype=np.float64).reshape(len(atoms), len(names)),
-            names, global_names, defaults, force.usesPeriodicBoundaryConditions(), _default_box(system),
-            functions=tabulated_functions_of(force),
-        )
+    openmm_accessors = ("getNumPerParticleParameters", "getPerParticleParameterName", "getNumParticles", "getParticleParameters")
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         xyz = positions[:, self.atoms[:, 0], :]

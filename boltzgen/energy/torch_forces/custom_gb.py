@@ -253,31 +253,29 @@ class CustomGBTerm(ForceTerm):
             return torch.where(keep, contribution, contribution.new_zeros(()))
 
         computed: dict[str, torch.Tensor] = {}
-        for name, expression, kind in zip(self.value_names, self.value_expressions, self.value_types):
+
+        def evaluate(expression, kind, role):
+            """One computed value (``role="value"``) or energy term (``"energy"``), given the values
+            computed so far: ``([N, B], None)`` for a single-particle expression, else the per-pair
+            contributions ``[K, B]`` (zero beyond the cutoff) and each pair's first particle ``[K]``."""
             if kind == SINGLE:
                 inputs = self._single_inputs(expression, points, parameters, computed)
-                value = torch.broadcast_to(run(expression, inputs), (n, batch))
-            else:
-                label = "all" if kind == PAIR_NO_EXCLUSIONS else "kept"
-                rows = getattr(self, f"value_rows_{label}")
-                first = getattr(self, f"value_first_{label}")
-                second = getattr(self, f"value_second_{label}")
-                inputs = self._pair_inputs(expression, r, first, second, parameters, computed, rows)
-                contribution = masked(run(expression, inputs), rows, len(rows))
-                value = contribution.new_zeros((n, batch)).index_add(0, first, contribution)
+                return torch.broadcast_to(run(expression, inputs), (n, batch)), None
+            label = "all" if kind == PAIR_NO_EXCLUSIONS else "kept"
+            rows = getattr(self, f"{role}_rows_{label}")
+            first = getattr(self, f"{role}_first_{label}")
+            second = getattr(self, f"{role}_second_{label}")
+            inputs = self._pair_inputs(expression, r, first, second, parameters, computed, rows)
+            return masked(run(expression, inputs), rows, len(rows)), first
+
+        for name, expression, kind in zip(self.value_names, self.value_expressions, self.value_types):
+            value, first = evaluate(expression, kind, "value")
+            if first is not None:  # a pair value belongs to the pair's first particle
+                value = value.new_zeros((n, batch)).index_add(0, first, value)
             computed[name] = value
 
         energy = torch.zeros(batch, dtype=dtype, device=positions.device)
         for expression, kind in zip(self.energy_expressions, self.energy_types):
-            if kind == SINGLE:
-                inputs = self._single_inputs(expression, points, parameters, computed)
-                terms = torch.broadcast_to(run(expression, inputs), (n, batch))
-            else:
-                label = "all" if kind == PAIR_NO_EXCLUSIONS else "kept"
-                rows = getattr(self, f"energy_rows_{label}")
-                first = getattr(self, f"energy_first_{label}")
-                second = getattr(self, f"energy_second_{label}")
-                inputs = self._pair_inputs(expression, r, first, second, parameters, computed, rows)
-                terms = masked(run(expression, inputs), rows, len(rows))
+            terms, _ = evaluate(expression, kind, "energy")
             energy = energy + terms.sum(0)
         return energy
