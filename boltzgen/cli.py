@@ -227,6 +227,21 @@ def _add_umbrella_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"restraint force constant, kJ/mol/rad^2 (default {DEFAULT_FORCE_CONSTANT:g})",
     )
     parser.add_argument(
+        "--psi-windows", type=_positive_int, default=1, metavar="M",
+        help=(
+            "2-D umbrella: split every phi window into M windows with psi centres evenly spaced over the "
+            "circle, each restraining psi too (default 1: psi free, a 1-D umbrella along phi)"
+        ),
+    )
+    parser.add_argument(
+        "--psi-force-constant", type=_positive_float, default=None, metavar="K",
+        help=(
+            "psi restraint force constant of a 2-D umbrella, kJ/mol/rad^2 (default: restraint width "
+            "sqrt(kT/K) = 0.45 of the psi spacing 360/M, so neighbouring psi windows overlap well; "
+            "e.g. 11.2 for M = 6, 44.9 for M = 12 at 300 K)"
+        ),
+    )
+    parser.add_argument(
         "--ps-per-window", type=_positive_float, default=DEFAULT_PS_PER_WINDOW, metavar="T",
         help=f"production time per window and repeat, ps (default {DEFAULT_PS_PER_WINDOW:g})",
     )
@@ -274,6 +289,8 @@ def _umbrella_command(args: argparse.Namespace) -> int:
         equilibration_ps=args.equilibration_ps,
         seeding_ps=args.seeding_ps,
         out_dir=args.out,
+        psi_windows=args.psi_windows,
+        psi_force_constant=args.psi_force_constant,
     )
     try:
         result = run_umbrella(
@@ -288,6 +305,11 @@ def _umbrella_command(args: argparse.Namespace) -> int:
     error = summary["delta_f_err_kT"]
     error_text = f" ± {error:.2f} (standard error over {summary['repeats']} repeats)" if error is not None else ""
     mbar_text = ", ".join(f"{v:.2f} ± {e:.2f}" for v, e in zip(summary["delta_f_per_repeat_kT"], summary["delta_f_mbar_err_kT"]))
+    if summary.get("psi_windows", 1) > 1:
+        print(
+            f"boltzgen umbrella: 2-D umbrella on (phi, psi): {summary['n_windows']} phi x {summary['psi_windows']} psi "
+            f"windows (psi restraint {summary['psi_force_constant_kj_mol_rad2']:g} kJ/mol/rad^2)"
+        )
     print(f"boltzgen umbrella: dF = F(phi>0) - F(phi<0) = {summary['delta_f_kT']:.2f}{error_text} kT")
     print(f"boltzgen umbrella: per repeat (MBAR error): {mbar_text} kT")
     if summary.get("delta_f_err_from_mbar_kT") is not None and summary["repeats"] > 1:
@@ -354,6 +376,8 @@ COMMANDS: list[Command] = [
             "Umbrella sampling along the backbone torsion phi: --windows windows with a periodic harmonic "
             "restraint (--force-constant, kJ/mol/rad^2), LangevinMiddle 1 fs, a frame every ps, in "
             "parallel processes; --repeats independent repeats with other seeds and starting structures. "
+            "--psi-windows M > 1 makes it a 2-D umbrella on (phi, psi): each phi window split into M windows "
+            "that restrain psi too (--psi-force-constant). "
             "MBAR per repeat gives dF = F(phi>0) - F(phi<0) (kT) and the phi profile; the error bar is the "
             "standard error over repeats, next to each repeat's MBAR error. Windows that drift, spread, "
             "overlap too little or whose psi does not relax are flagged. Writes DIR/summary.json, "

@@ -335,3 +335,217 @@ def test_foreign_output_directory_is_refused(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     assert main(["umbrella", "alanine_dipeptide_implicit", "--out", str(out), *TINY]) == 2
     assert "not a `boltzgen umbrella` output directory" in _single_error_line(capsys.readouterr().err)
+
+
+# --- 2-D umbrella on (phi, psi) ------------------------------------------------------------------------
+
+
+def _toy_u0_2d(phi, psi):
+    """Reduced potential on the torus: the 1-D toy along phi, two psi basins, and a phi-psi coupling."""
+    return _toy_u0(phi) + 1.2 * np.cos(psi - 0.4) + 0.6 * np.cos(2 * psi) + 0.7 * np.cos(phi - psi)
+
+
+def test_2d_config_windows_seeds_and_default_psi_force_constant():
+    from boltzgen.umbrella.config import default_psi_force_constant
+
+    base = dict(
+        system="alanine_dipeptide_implicit", n_windows=4, force_constant=500.0, ps_per_window=10.0,
+        repeats=2, seed=3, platform="Reference", temperature_K=300.0, friction_per_ps=1.0,
+    )
+    one_d = UmbrellaConfig(**base)
+    assert one_d.psi_windows == 1 and one_d.psi_force_constant == 0.0 and one_d.n_total_windows == 4
+    config = UmbrellaConfig(**base, psi_windows=3, psi_force_constant=10.0)
+    assert config.n_total_windows == 12 and config.two_dimensional
+    assert np.rad2deg(config.window_phi_centers_rad[[0, 2, 3, 11]]) == pytest.approx([-180, -180, -90, 90])
+    assert np.rad2deg(config.window_psi_centers_rad[[0, 1, 2, 3]]) == pytest.approx([-180, -60, 60, -180])
+    assert (config.phi_index(7), config.psi_index(7)) == (2, 1)
+    seeds = {config.window_seeds(r, w) for r in range(2) for w in range(12)} | {config.chain_seeds(0), config.chain_seeds(1)}
+    assert len(seeds) == 26
+    assert UmbrellaConfig.from_dict(config.to_dict()) == config
+    # a run.json written before psi windows existed reads as a 1-D run
+    old = one_d.to_dict()
+    del old["psi_windows"], old["psi_force_constant"]
+    assert UmbrellaConfig.from_dict(old) == one_d
+    # default: restraint width 0.45 of the psi spacing
+    k12 = default_psi_force_constant(12, KT)
+    assert np.rad2deg(restraint_width(k12, KT)) == pytest.approx(0.45 * 30.0, rel=2e-3)
+    assert default_psi_force_constant(1, KT) == 0.0
+    with pytest.raises(ValueError, match="needs psi windows"):
+        UmbrellaConfig(**base, psi_force_constant=10.0)
+    with pytest.raises(ValueError, match="psi force constant must be positive"):
+        UmbrellaConfig(**base, psi_windows=3)
+
+
+def test_2d_mbar_recovers_exact_free_energy_from_exactly_sampled_windows():
+    n_grid = 240
+    axis = -np.pi + (np.arange(n_grid) + 0.5) * 2 * np.pi / n_grid  # no grid point at phi = 0
+    phi_grid, psi_grid = np.meshgrid(axis, axis, indexing="ij")
+    phi_flat, psi_flat = phi_grid.ravel(), psi_grid.ravel()
+    u0 = _toy_u0_2d(phi_flat, psi_flat)
+    p0 = np.exp(-(u0 - u0.min()))
+    exact_df = -np.log(p0[phi_flat > 0].sum() / p0[phi_flat < 0].sum())
+    n_phi, n_psi, k_phi, n_samples = 12, 4, 60.0, 150
+    from boltzgen.umbrella.config import default_psi_force_constant
+
+    k_psi = default_psi_force_constant(n_psi, KT)
+    phi_c = np.repeat(-np.pi + 2 * np.pi * np.arange(n_phi) / n_phi, n_psi)
+    psi_c = np.tile(-np.pi + 2 * np.pi * np.arange(n_psi) / n_psi, n_phi)
+    rng = np.random.default_rng(11)
+    phi_windows, psi_windows = [], []
+    for a, b in zip(phi_c, psi_c):  # exact, independent samples of the biased grid density
+        density = p0 * np.exp(-(bias_kj_mol(phi_flat, a, k_phi) + bias_kj_mol(psi_flat, b, k_psi)) / KT)
+        idx = rng.choice(len(density), size=n_samples, p=density / density.sum())
+        phi_windows.append(phi_flat[idx])
+        psi_windows.append(psi_flat[idx])
+
+    result = mbar_phi_free_energy(
+        phi_windows, phi_c, k_phi, KT, psi_windows=psi_windows, psi_centers_rad=psi_c, psi_force_constant=k_psi,
+        n_bootstrap=30,
+    )
+    assert np.isfinite(result.delta_f_mbar_err_kT) and 0.01 < result.delta_f_mbar_err_kT < 0.5
+    assert abs(result.delta_f_kT - exact_df) < 3.5 * result.delta_f_mbar_err_kT
+    # the phi profile (36 bins) against the exact marginal
+    edges = result.bin_edges
+    p_phi = p0.reshape(n_grid, n_grid).sum(axis=1)
+    p_bins = np.array([p_phi[(axis >= lo) & (axis < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
+    exact_profile = -np.log(p_bins / p_bins.sum() / np.diff(edges))
+    reference_bin = int(np.argmin(result.profile_kT))
+    exact_profile -= exact_profile[reference_bin]
+    others = np.arange(36) != reference_bin
+    z = (result.profile_kT - exact_profile)[others] / result.profile_err_kT[others]
+    assert np.all(np.isfinite(z)) and np.max(np.abs(z)) < 4.5
+    # overlap is reported along both directions; the weights are normalised
+    assert result.psi_neighbour_overlap is not None and np.all(result.psi_neighbour_overlap > 0.03)
+    assert np.all(result.neighbour_overlap > 0.03)
+    assert np.exp(np.concatenate(result.log_weights)).sum() == pytest.approx(1.0)
+    # the unbiased psi distribution is recovered too (the weights undo both restraints)
+    weights = np.exp(np.concatenate(result.log_weights))
+    psi_all = np.concatenate(psi_windows)
+    exact_alpha = p0[np.abs(psi_flat) < np.pi / 2].sum() / p0.sum()
+    assert weights[np.abs(psi_all) < np.pi / 2].sum() == pytest.approx(exact_alpha, abs=0.05)
+
+
+def test_2d_seeding_chain_reaches_every_window():
+    from boltzgen.md.config import replica_seeds
+    from boltzgen.umbrella.starts import RestrainedSimulation, seed_windows_2d
+
+    ad2 = systems.load("alanine_dipeptide_implicit")
+    torsions = backbone_torsions(ad2.mdtraj_topology)
+    import openmm
+
+    phi_c = np.deg2rad([-180.0, -90.0, 0.0, 90.0])
+    psi_c = np.deg2rad([-180.0, -60.0, 60.0])
+    seeds = replica_seeds(1, 1)[0]
+    simulation = RestrainedSimulation(
+        openmm.XmlSerializer.serialize(ad2.openmm_system), torsions["phi"], 300.0, 0.0,
+        temperature_K=300.0, friction_per_ps=1.0, timestep_fs=1.0, platform="Reference",
+        integrator_seed=seeds.integrator_seed, psi_atoms=torsions["psi"], psi_center_rad=0.0, psi_force_constant=300.0,
+    )
+    visited = []
+    positions = seed_windows_2d(
+        simulation, ad2.positions, phi_c, psi_c, torsions["phi"], torsions["psi"], 1500, seeds.velocity_seed,
+        report=visited.append,
+    )
+    assert positions.shape == (12, ad2.positions.shape[0], 3) and np.all(np.isfinite(positions))
+    assert sorted(visited) == list(range(12))
+    phi = dihedrals(positions, torsions["phi"])
+    psi = dihedrals(positions, torsions["psi"])
+    assert np.all(np.abs(np.rad2deg(wrap_angle(phi - np.repeat(phi_c, 3)))) < 30.0)
+    assert np.all(np.abs(np.rad2deg(wrap_angle(psi - np.tile(psi_c, 4)))) < 30.0)
+
+
+TINY_2D = [
+    "--windows", "4", "--psi-windows", "2", "--force-constant", "20", "--psi-force-constant", "5",
+    "--ps-per-window", "4", "--repeats", "1", "--equilibration-ps", "1", "--seeding-ps", "1", "--seed", "5",
+    "--platform", "Reference", "--quiet",
+]
+
+
+def test_tiny_2d_cli_run_finishes_resumes_and_its_bias_is_the_openmm_restraint(tmp_path, capsys):
+    import openmm
+    from openmm import unit
+
+    from boltzgen.umbrella.restraint import CENTER_PARAMETER, PSI_CENTER_PARAMETER
+
+    out = tmp_path / "umbrella2d"
+    assert main(["umbrella", "alanine_dipeptide_implicit", "--out", str(out), *TINY_2D]) == 0
+    printed = capsys.readouterr().out
+    assert "2-D umbrella on (phi, psi): 4 phi x 2 psi windows" in printed and "dF = F(phi>0)" in printed
+    summary = read_json(out / "summary.json")
+    assert np.isfinite(summary["delta_f_kT"]) and np.isfinite(summary["delta_f_mbar_err_kT"][0])
+    assert summary["psi_windows"] == 2 and summary["psi_force_constant_kj_mol_rad2"] == 5.0
+    assert summary["n_total_windows"] == 8 and len(summary["windows"]) == 8
+    assert [w["psi_center_deg"] for w in summary["windows"][:2]] == pytest.approx([-180.0, 0.0])
+    assert "psi_spread_widths" in summary["windows"][0]["repeats"][0]
+    free = np.array([np.nan if v is None else v for v in summary["profile"]["free_energy_kT"]])
+    assert len(free) == 36 and np.isfinite(free).sum() >= 4 and np.nanmin(free) == 0.0
+    assert read_json(out / "run.json")["config"]["psi_windows"] == 2
+    assert sorted(p.name for p in (out / "windows").iterdir()) == [f"r00_w{w:03d}.npz" for w in range(8)]
+
+    # the reduced bias MBAR used = the OpenMM restraint energies (a Context holding only the restraints)
+    ad2 = systems.load("alanine_dipeptide_implicit")
+    torsions = backbone_torsions(ad2.mdtraj_topology)
+    system = openmm.System()
+    for _ in range(ad2.positions.shape[0]):
+        system.addParticle(1.0)
+    system.addForce(torsion_restraint(torsions["phi"], 0.0, 20.0, force_group=0))
+    system.addForce(torsion_restraint(torsions["psi"], 0.0, 5.0, force_group=0, psi=True))
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    with np.load(out / "umbrella.npz") as data, np.load(out / "frames.npz") as frames:
+        u_kln = data["u_kln"][0]
+        u0 = data["reduced_potential"][0]
+        kt = float(data["kt_kj_mol"])
+        phi_c, psi_c = data["centers_rad"], data["psi_centers_rad"]
+        assert u_kln.shape == (8, 8, 4) and float(data["psi_force_constant_kj_mol_rad2"]) == 5.0
+        positions = frames["positions"][0]
+        for k in range(8):
+            for t in (0, 3):
+                context.setPositions(positions[k, t].astype(np.float64))
+                for window in range(8):
+                    context.setParameter(CENTER_PARAMETER, float(phi_c[window]))
+                    context.setParameter(PSI_CENTER_PARAMETER, float(psi_c[window]))
+                    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+                    assert u_kln[k, window, t] - u0[k, t] == pytest.approx(energy / kt, rel=1e-4, abs=1e-5)
+        # redoing the MBAR from umbrella.npz reproduces the summary
+        redone = mbar_phi_free_energy(
+            list(data["phi"][0]), phi_c, float(data["force_constant_kj_mol_rad2"]), kt, psi_windows=list(data["psi"][0]),
+            psi_centers_rad=psi_c, psi_force_constant=float(data["psi_force_constant_kj_mol_rad2"]),
+        )
+    assert redone.delta_f_kT == pytest.approx(summary["delta_f_per_repeat_kT"][0], rel=1e-6)
+    with np.load(out / "windows" / "r00_w005.npz") as window:
+        assert np.allclose(window["bias_kT"], u_kln[5, 5] - u0[5])
+
+    # resume: a lost window is redone exactly, the others are kept
+    lost = out / "windows" / "r00_w005.npz"
+    with np.load(lost) as data:
+        psi_before = data["psi"].copy()
+    lost.unlink()
+    (out / "summary.json").unlink()
+    assert main(["umbrella", "alanine_dipeptide_implicit", "--out", str(out), *TINY_2D]) == 0
+    capsys.readouterr()
+    with np.load(lost) as data:
+        assert np.array_equal(data["psi"], psi_before)
+    assert read_json(out / "summary.json")["delta_f_kT"] == pytest.approx(summary["delta_f_kT"])
+
+    # the compact reference records the 2-D protocol
+    from boltzgen.umbrella.reference import compact_reference
+
+    record = compact_reference(out)
+    assert record["protocol"]["psi_windows"] == 2 and record["protocol"]["psi_force_constant_kj_mol_rad2"] == 5.0
+    assert record["protocol"]["method"].startswith("2-D") and "psi_center_deg" in record["windows"][0]
+
+    # other psi settings, or a 1-D command, in the same directory: one clear error
+    for changed in (
+        [a if a != "5" or i != TINY_2D.index("--psi-force-constant") + 1 else "6" for i, a in enumerate(TINY_2D)],
+        [a if a != "2" else "3" for a in TINY_2D],
+        [a for i, a in enumerate(TINY_2D) if i not in (2, 3, 6, 7)],
+    ):
+        assert main(["umbrella", "alanine_dipeptide_implicit", "--out", str(out), *changed]) == 2
+        assert "other settings" in _single_error_line(capsys.readouterr().err)
+
+
+def test_psi_force_constant_without_psi_windows_is_an_error(tmp_path, capsys):
+    command = ["umbrella", "alanine_dipeptide_implicit", "--out", str(tmp_path / "x"), "--psi-force-constant", "5",
+               "--platform", "Reference", "--quiet"]
+    assert main(command) == 2
+    assert "needs psi windows" in _single_error_line(capsys.readouterr().err)

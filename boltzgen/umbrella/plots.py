@@ -11,9 +11,11 @@ from boltzgen.umbrella.analysis import UmbrellaAnalysis
 from boltzgen.umbrella.diagnostics import PSI_MIN_TRANSITIONS
 
 
-def profile_plot(analysis: UmbrellaAnalysis, centers_rad: np.ndarray, path, title: str = "") -> Path:
+def profile_plot(analysis: UmbrellaAnalysis, centers_rad: np.ndarray, path, title: str = "", psi_windows: int = 1) -> Path:
     """Top: F(phi) of every repeat (MBAR error bands) and their mean (band: standard error over
-    repeats). Bottom: psi transitions per window and repeat, and the windows' phi offsets."""
+    repeats). Bottom: psi transitions per window and repeat, and the windows' phi offsets; for a
+    2-D umbrella (``psi_windows > 1``, ``centers_rad`` the K phi centres), the largest phi and psi
+    offsets (in restraint widths) over the psi windows of each phi centre."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     first = analysis.per_repeat[0]
@@ -39,7 +41,16 @@ def profile_plot(analysis: UmbrellaAnalysis, centers_rad: np.ndarray, path, titl
     n_repeats = len(analysis.per_repeat)
     width = 0.8 * (centers[1] - centers[0]) / max(n_repeats, 1)
     has_psi = any("psi_transitions" in s for w in analysis.windows for s in w["repeats"])
-    if has_psi:
+    if psi_windows > 1:
+        for r in range(n_repeats):
+            for key, style, name in (("offset_widths", "-", "phi"), ("psi_offset_widths", ":", "psi")):
+                values = np.array([w["repeats"][r][key] for w in analysis.windows]).reshape(len(centers), psi_windows)
+                bottom.plot(centers, values.max(axis=1), ls=style, marker="o", ms=3, lw=1,
+                            label=f"repeat {r}, {name}")
+        bottom.axhline(1.0, color="grey", ls="--", lw=1)
+        bottom.set_ylabel("largest |mean - centre| (widths)")
+        bottom.legend(fontsize=7, ncol=2)
+    elif has_psi:
         for r in range(n_repeats):
             counts = [w["repeats"][r]["psi_transitions"] for w in analysis.windows]
             bottom.bar(centers + (r - (n_repeats - 1) / 2) * width, counts, width=width, label=f"repeat {r}")

@@ -41,6 +41,7 @@ def compact_reference(run_dir: str | Path) -> dict[str, Any]:
     psi = [
         {
             "center_deg": w["center_deg"],
+            **({"psi_center_deg": w["psi_center_deg"]} if "psi_center_deg" in w else {}),
             "psi_transitions": [r.get("psi_transitions") for r in w["repeats"]],
             "psi_beta_fraction": _rounded([r.get("psi_beta_fraction") for r in w["repeats"]], 3),
             "mean_offset_deg": _rounded([r["mean_offset_deg"] for r in w["repeats"]], 2),
@@ -48,6 +49,13 @@ def compact_reference(run_dir: str | Path) -> dict[str, Any]:
         for w in summary["windows"]
     ]
     profile = summary["profile"]
+    psi_windows = int(summary.get("psi_windows", config.get("psi_windows", 1)) or 1)
+    method = (
+        f"2-D umbrella sampling on phi (C-N-CA-C) and psi (N-CA-C-N): {summary['n_windows']} x {psi_windows} windows, "
+        "the sum of two periodic harmonic restraints, MBAR (pymbar 4) per repeat"
+        if psi_windows > 1
+        else "1-D umbrella sampling along phi (C-N-CA-C), periodic harmonic restraint, MBAR (pymbar 4) per repeat"
+    )
     return {
         "system": summary["system"],
         "description": summary["description"],
@@ -78,11 +86,15 @@ def compact_reference(run_dir: str | Path) -> dict[str, Any]:
             "per_repeat_mbar_err_kT": _rounded(profile["per_repeat_mbar_err_kT"], 3),
         },
         "protocol": {
-            "method": "1-D umbrella sampling along phi (C-N-CA-C), periodic harmonic restraint, MBAR (pymbar 4) per repeat",
+            "method": method,
             "n_windows": summary["n_windows"],
             "window_spacing_deg": summary["window_spacing_deg"],
             "force_constant_kj_mol_rad2": summary["force_constant_kj_mol_rad2"],
             "restraint_width_deg": _rounded(summary["restraint_width_deg"], 2),
+            "psi_windows": psi_windows,
+            "psi_force_constant_kj_mol_rad2": summary.get("psi_force_constant_kj_mol_rad2", 0.0),
+            "psi_restraint_width_deg": _rounded(summary.get("psi_restraint_width_deg"), 2),
+            "psi_window_spacing_deg": summary.get("psi_window_spacing_deg"),
             "ps_per_window": summary["ps_per_window"],
             "equilibration_ps": summary["equilibration_ps"],
             "seeding_ps": summary["seeding_ps"],

@@ -372,8 +372,8 @@ def _summary(
             "umbrella.npz": (
                 "phi, psi, reduced_potential [R, K, T]; u_kln [R, K, K, T]; centers_rad; kt_kj_mol (redo the MBAR)"
                 + (
-                    f"; K = {config.n_windows} x {config.psi_windows} (phi, psi) windows, window_phi_centers_rad, "
-                    "window_psi_centers_rad [K]"
+                    f"; K = {config.n_windows} x {config.psi_windows} (phi, psi) windows (w = j * M + m): centers_rad, "
+                    "psi_centers_rad [K] are each window's phi and psi centre, psi_force_constant_kj_mol_rad2"
                     if config.two_dimensional
                     else ""
                 )
@@ -506,13 +506,13 @@ def run_umbrella(
             phi=data.phi,
             psi=data.psi,
             reduced_potential=data.reduced_potential,
-            centers_rad=config.centers_rad,
+            centers_rad=config.window_phi_centers_rad,
             force_constant=config.force_constant,
             kt_kj_mol=kt,
             time_ps=time_ps,
             metadata=metadata,
             **(
-                {"psi_centers_rad": config.psi_centers_rad, "psi_force_constant": config.psi_force_constant}
+                {"psi_centers_rad": config.window_psi_centers_rad, "psi_force_constant": config.psi_force_constant}
                 if config.two_dimensional
                 else {}
             ),

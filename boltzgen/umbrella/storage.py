@@ -8,9 +8,11 @@
 - ``seeds/repeat_RR.npz``: the seeding chain of repeat RR: ``positions`` ``[K, N, 3]`` nm, one
   starting point per window, and ``start`` (JSON: the starting structure);
 - ``windows/rRR_wKKK.npz``: one finished window: ``phi``, ``psi`` (rad), ``reduced_potential``
-  (kT, unbiased), ``bias_kT`` (the window's own restraint, kT), ``positions`` ``[T, N, 3]``
+  (kT, unbiased), ``bias_kT`` (the window's own restraint, kT; in 2-D runs phi + psi restraints),
+  ``positions`` ``[T, N, 3]``
   float32 nm, ``time_ps``, ``info`` (JSON: centre, seeds, wall time). A window is written only when
-  complete; an interrupted run redoes only the windows without a file;
+  complete; an interrupted run redoes only the windows without a file. In 2-D runs (psi windows)
+  KKK is ``w = j * M + m`` (phi centre j, psi centre m of M), so 1-D runs keep their names (w = j);
 - ``umbrella.npz``: everything MBAR needs, for all repeats (see :func:`write_umbrella_npz`);
 - ``frames.npz``: all positions ``[R, K, T, N, 3]`` float32 and their MBAR log weights for the
   unbiased ensemble, per repeat (for training on umbrella frames);
@@ -127,6 +129,8 @@ def write_umbrella_npz(
     kt_kj_mol: float,
     time_ps: np.ndarray,
     metadata: dict[str, Any],
+    psi_centers_rad: np.ndarray | None = None,
+    psi_force_constant: float = 0.0,
 ) -> None:
     """Write everything needed to redo the MBAR analysis without boltzgen.
 
@@ -138,12 +142,31 @@ def write_umbrella_npz(
       feed ``pymbar.MBAR(u_kln[r], N_k=[T] * K)`` per repeat;
     - ``centers_rad`` ``[K]``, ``force_constant_kj_mol_rad2``, ``kt_kj_mol``, ``time_ps`` ``[T]``;
     - ``metadata``: JSON string (config, versions).
+
+    2-D runs (``psi_centers_rad`` given): K counts the (phi, psi) windows, ``centers_rad`` and
+    ``psi_centers_rad`` ``[K]`` are each window's phi and psi centre, ``psi_force_constant_kj_mol_rad2``
+    is stored, and ``u_kln`` adds the psi restraint 0.5 k_psi wrap(psi - psi_centre_l)^2 / kT; redo
+    the analysis with ``mbar_phi_free_energy(phi[r], centers_rad, k, kT, psi_windows=psi[r],
+    psi_centers_rad=psi_centers_rad, psi_force_constant=k_psi)``.
     """
-    from boltzgen.umbrella.restraint import bias_kj_mol
+    from boltzgen.umbrella.restraint import window_bias_kj_mol
 
     phi = np.asarray(phi, dtype=np.float64)
-    bias = bias_kj_mol(phi[:, :, None, :], np.asarray(centers_rad)[None, None, :, None], force_constant) / kt_kj_mol
-    u_kln = np.asarray(reduced_potential, dtype=np.float64)[:, :, None, :] + bias
+    two_d = psi_centers_rad is not None
+    reduced = np.asarray(reduced_potential, dtype=np.float64)
+    u_kln = np.empty(phi.shape[:2] + phi.shape[1:2] + phi.shape[2:])
+    for r in range(phi.shape[0]):  # one repeat at a time: 2-D runs have many windows
+        u_kln[r] = reduced[r][:, None, :] + (
+            window_bias_kj_mol(
+                phi[r][:, None, :],
+                None if not two_d else np.asarray(psi, dtype=np.float64)[r][:, None, :],
+                np.asarray(centers_rad)[None, :, None],
+                None if not two_d else np.asarray(psi_centers_rad)[None, :, None],
+                force_constant,
+                psi_force_constant if two_d else 0.0,
+            )
+            / kt_kj_mol
+        )
     arrays = {
         "phi": phi,
         "reduced_potential": np.asarray(reduced_potential, dtype=np.float64),
@@ -156,4 +179,7 @@ def write_umbrella_npz(
     }
     if psi is not None:
         arrays["psi"] = np.asarray(psi, dtype=np.float64)
+    if two_d:
+        arrays["psi_centers_rad"] = np.asarray(psi_centers_rad, dtype=np.float64)
+        arrays["psi_force_constant_kj_mol_rad2"] = np.array(float(psi_force_constant))
     save_npz_atomic(path, **arrays)
