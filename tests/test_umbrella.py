@@ -549,3 +549,32 @@ def test_psi_force_constant_without_psi_windows_is_an_error(tmp_path, capsys):
                "--platform", "Reference", "--quiet"]
     assert main(command) == 2
     assert "needs psi windows" in _single_error_line(capsys.readouterr().err)
+
+
+def test_combining_umbrella_records_weights_every_repeat_equally():
+    from boltzgen.umbrella.reference import combine_compact_references
+
+    edges = [-180.0, 0.0, 180.0]
+
+    def record(values, errors, profiles):
+        return {
+            "system": "s", "description": "d", "observable": "o", "delta_f_mbar_err_method": "m",
+            "delta_f_per_repeat_kT": values, "delta_f_mbar_err_kT": errors, "windows": [{"big": 1}],
+            "profile": {"bin_edges_deg": edges, "bin_edges_rad": [np.radians(e) for e in edges],
+                        "bin_centers_deg": [-90.0, 90.0], "per_repeat_free_energy_kT": profiles},
+        }
+
+    a = record([3.0, 4.0], [0.5, 0.5], [[0.0, 3.0], [0.0, 4.0]])
+    b = record([5.0], [1.0], [[0.0, 5.0]])
+    combined = combine_compact_references([a, b], note="why")
+    assert combined["delta_f_kT"] == 4.0
+    assert combined["delta_f_err_kT"] == pytest.approx(1.0 / np.sqrt(3), abs=1e-4)  # rounded to 4 digits
+    assert combined["delta_f_err_from_mbar_kT"] == pytest.approx(np.sqrt(1.5) / 3, abs=1e-4)
+    assert combined["repeat_consistency"]["dof"] == 2
+    assert combined["profile"]["free_energy_kT"] == [0.0, 4.0]
+    assert combined["p_phi_positive"] == pytest.approx(1 / (1 + np.exp(4.0)), abs=1e-5)
+    assert combined["note"] == "why" and len(combined["runs"]) == 2 and "windows" not in combined["runs"][0]
+    with pytest.raises(ValueError, match="different observable"):
+        combine_compact_references([a, {**b, "observable": "other"}])
+    with pytest.raises(ValueError, match="at least two"):
+        combine_compact_references([a])

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from boltzgen.io import read_json, write_json_atomic
 from boltzgen.umbrella.storage import UmbrellaDirectory
 
@@ -131,5 +133,73 @@ def compact_reference(run_dir: str | Path) -> dict[str, Any]:
 def write_compact_reference(run_dir: str | Path, path: str | Path, **extra: Any) -> dict[str, Any]:
     """Write :func:`compact_reference` of ``run_dir`` (plus ``extra`` entries) to ``path`` as JSON."""
     record = {**compact_reference(run_dir), **extra}
+    write_json_atomic(path, record)
+    return record
+
+
+def combine_compact_references(records: list[dict[str, Any]], note: str = "") -> dict[str, Any]:
+    """One reference from several runs' :func:`compact_reference` records, every repeat weighted equally.
+
+    dF is the mean of all repeats' dF (kT) with the standard error over repeats; the error the
+    repeats' MBAR errors predict and the chi^2 consistency of the repeats are recomputed over all
+    of them. The phi profile is the mean over all repeats of their profiles (each shifted to
+    minimum 0), shifted to minimum 0, with the standard error over repeats. The runs must use the
+    same system, observable and profile bins. Each run's record is kept under ``"runs"`` (without
+    its per-window table).
+    """
+    from boltzgen.umbrella.diagnostics import repeat_consistency
+
+    if len(records) < 2:
+        raise ValueError("combine at least two umbrella records")
+    first = records[0]
+    for record in records[1:]:
+        for key in ("system", "observable"):
+            if record[key] != first[key]:
+                raise ValueError(f"cannot combine umbrella records with different {key}: {first[key]!r} vs {record[key]!r}")
+        if record["profile"]["bin_edges_deg"] != first["profile"]["bin_edges_deg"]:
+            raise ValueError("cannot combine umbrella records with different profile bins")
+    values = np.concatenate([np.asarray(r["delta_f_per_repeat_kT"], dtype=np.float64) for r in records])
+    errors = np.concatenate([np.asarray(r["delta_f_mbar_err_kT"], dtype=np.float64) for r in records])
+    n = len(values)
+    consistency, _ = repeat_consistency(values.tolist(), errors.tolist())
+    profiles = np.concatenate([np.asarray(r["profile"]["per_repeat_free_energy_kT"], dtype=np.float64) for r in records])
+    profile_mean = np.mean(profiles, axis=0)
+    profile_mean = profile_mean - np.nanmin(profile_mean)
+    profile_sem = np.std(profiles, axis=0, ddof=1) / math.sqrt(len(profiles))
+    delta_f = float(np.mean(values))
+    p_positive = 1.0 / (1.0 + math.exp(delta_f))
+    delta_f_err = float(np.std(values, ddof=1) / math.sqrt(n))
+    return {
+        "system": first["system"],
+        "description": first["description"],
+        "observable": first["observable"],
+        "delta_f_kT": _rounded(delta_f),
+        "delta_f_err_kT": _rounded(delta_f_err),
+        "delta_f_err_method": f"standard error over all {n} repeats of {len(records)} runs (each repeat weighted equally)",
+        "delta_f_err_from_mbar_kT": _rounded(float(np.sqrt(np.sum(errors**2))) / n),
+        "delta_f_err_from_mbar_method": "sqrt(sum of the repeats' squared MBAR errors) / number of repeats",
+        "delta_f_per_repeat_kT": _rounded(values.tolist()),
+        "delta_f_mbar_err_kT": _rounded(errors.tolist()),
+        "delta_f_mbar_err_method": first.get("delta_f_mbar_err_method"),
+        "p_phi_positive": _rounded(p_positive, 5),
+        "p_phi_positive_err": _rounded(p_positive * (1.0 - p_positive) * delta_f_err, 5),
+        "repeat_consistency": consistency,
+        "profile": {
+            "bin_edges_rad": first["profile"]["bin_edges_rad"],
+            "bin_edges_deg": first["profile"]["bin_edges_deg"],
+            "bin_centers_deg": first["profile"]["bin_centers_deg"],
+            "free_energy_kT": _rounded(profile_mean.tolist(), 3),
+            "free_energy_err_kT": _rounded(profile_sem.tolist(), 3),
+            "free_energy_err_method": "standard error over all repeats of -ln(P_bin / width), each repeat shifted to minimum 0",
+            "per_repeat_free_energy_kT": _rounded(profiles.tolist(), 3),
+        },
+        "note": note,
+        "runs": [{key: value for key, value in record.items() if key != "windows"} for record in records],
+    }
+
+
+def write_combined_reference(run_dirs: list[str | Path], path: str | Path, note: str = "", **extra: Any) -> dict[str, Any]:
+    """Write :func:`combine_compact_references` of the finished runs in ``run_dirs`` to ``path`` as JSON."""
+    record = {**combine_compact_references([compact_reference(d) for d in run_dirs], note), **extra}
     write_json_atomic(path, record)
     return record
