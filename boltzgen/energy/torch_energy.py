@@ -48,7 +48,8 @@ class TorchEnergy(Energy):
     """Reduced energy u(x) = E(x) / kT of an OpenMM System, computed by compiled torch terms.
 
     Build it with :meth:`from_openmm`. Shapes and units: ``x`` is ``[B, 3N]`` positions in nm (N
-    includes virtual sites, whose input coordinates are ignored and recomputed from their parents);
+    includes virtual sites, whose input coordinates are ignored and recomputed from their parents,
+    so their force entries are 0: the force on a site acts on its parents);
     energies ``[B]`` in kT, forces ``[B, 3N]`` in kT/nm, returned in the dtype and device of ``x``.
     The computation runs in this module's dtype and device (:attr:`dtype`, :attr:`device`; change
     them with ``.to(...)``): float64 agrees with OpenMM's Reference platform to about 1e-7 relative.
@@ -192,16 +193,6 @@ class TorchEnergy(Energy):
             )
             energy_kj = torch.where(good, energy_kj, torch.full_like(energy_kj, float("inf")))
         return (energy_kj / self.kt).to(device=x.device, dtype=x.dtype)
-
-    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energy ``[B]`` (kT) and force ``-du/dx`` ``[B, 3N]`` (kT/nm) in one pass; not differentiable."""
-        x = self.check_input(x)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            u = self.energy(xg)
-            (grad,) = torch.autograd.grad(u.sum(), xg)
-        # Virtual sites' own coordinates carry no force (it went to their parents).
-        return u.detach(), -grad
 
     def close(self) -> None:
         """Nothing to release (present so that `TorchEnergy` and `OpenMMEnergy` are interchangeable)."""
