@@ -112,20 +112,21 @@ def _plain_number(value) -> object:
 
 
 def canonicalize_hydrogen_labels(
-    positions: np.ndarray, groups: list[HydrogenGroup]
+    positions: np.ndarray, groups: list[HydrogenGroup], reference: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
     """Relabel the hydrogens of every group into the canonical orientation, frame by frame.
 
     Args:
         positions: ``[F, N, 3]`` or ``[F, 3N]`` positions (nm); not modified.
         groups: from `equivalent_hydrogen_groups`.
+        reference: optional structure whose orientation is the canonical one (see `hydrogen_permutations`).
 
     Returns:
         ``(relabelled positions`` of the input's shape and dtype``, number of frames changed)``.
         Relabel other per-atom arrays (forces) alike with `hydrogen_permutations` and
         `apply_hydrogen_permutation`.
     """
-    permutation = hydrogen_permutations(positions, groups)
+    permutation = hydrogen_permutations(positions, groups, reference)
     return apply_hydrogen_permutation(positions, permutation), count_relabelled_frames(permutation)
 
 
@@ -144,11 +145,20 @@ def apply_hydrogen_permutation(values: np.ndarray, permutation: np.ndarray) -> n
     return np.take_along_axis(per_atom, permutation[:, :, None], axis=1).reshape(array.shape)
 
 
-def hydrogen_permutations(positions: np.ndarray, groups: list[HydrogenGroup]) -> np.ndarray:
+def hydrogen_permutations(
+    positions: np.ndarray, groups: list[HydrogenGroup], reference: np.ndarray | None = None
+) -> np.ndarray:
     """``[F, N]`` int64: for each frame, the atom whose coordinates go to each label.
 
-    ``relabelled[f, label] = positions[f, permutation[f, label]]``.
+    ``relabelled[f, label] = positions[f, permutation[f, label]]``. The canonical orientation puts
+    the group's other hydrogens in the order of their dihedral from the first one; with a
+    ``reference`` structure (``[N, 3]`` or ``[3N]`` nm, e.g. the force field's own) the orientation
+    is the reference's instead, so that frames labelled like the reference keep their labels.
     """
+    if reference is not None:
+        reference_permutation = hydrogen_permutations(np.asarray(reference).reshape(1, -1, 3), groups)[0]
+        inverse = np.argsort(reference_permutation)
+        return hydrogen_permutations(positions, groups)[:, inverse]
     frames = np.asarray(positions)
     if frames.ndim == 2:
         frames = frames.reshape(frames.shape[0], -1, 3)

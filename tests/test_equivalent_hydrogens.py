@@ -134,3 +134,24 @@ def test_job_data_permute_forces_with_the_positions(alanine_dipeptide):
         energy.close()
     np.testing.assert_allclose(canonical.forces, forces, rtol=1e-4, atol=0.05)
     np.testing.assert_array_equal(canonical.reduced_energy, subset.reduced_energy)
+
+
+def test_a_reference_structure_sets_the_canonical_orientation(alanine_dipeptide, frames):
+    groups = equivalent_hydrogen_groups(alanine_dipeptide.mdtraj_topology, alanine_dipeptide.openmm_system)
+    reference = alanine_dipeptide.positions  # [22, 3] nm, the force field's own labelling
+    identity = np.arange(reference.shape[0])
+    assert (hydrogen_permutations(reference[None], groups, reference)[0] == identity).all()
+    canonical, _ = canonicalize_hydrogen_labels(frames, groups, reference)
+    # still canonical: frames whose methyls have the other handedness of labels (the first
+    # hydrogen kept: its torsion is a free coordinate) map to the same positions
+    swapped = frames.copy()
+    swapped[:, [14, 15]] = frames[:, [15, 14]]
+    swapped[:, [2, 3]] = frames[:, [3, 2]]
+    np.testing.assert_array_equal(canonicalize_hydrogen_labels(swapped, groups, reference)[0], canonical)
+    # the reference's orientation is kept: the canonical form of the reference is the reference
+    assert (canonicalize_hydrogen_labels(reference[None], groups, reference)[0][0] == reference).all()
+    # and it differs from the default orientation only by one fixed relabelling per group
+    default = hydrogen_permutations(frames, groups)
+    oriented = hydrogen_permutations(frames, groups, reference)
+    fixed = np.argsort(hydrogen_permutations(reference[None], groups)[0])
+    np.testing.assert_array_equal(oriented, default[:, fixed])

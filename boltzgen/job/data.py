@@ -45,11 +45,13 @@ class MolecularData:
         forces = None if self.forces is None else self.forces[index]
         return MolecularData(self.positions[index], self.reduced_energy[index], self.source, forces)
 
-    def with_canonical_hydrogens(self, groups: list[HydrogenGroup]) -> tuple["MolecularData", int]:
-        """The frames with each group of equivalent hydrogens in its canonical labelling
-        (positions and forces permuted alike; see `boltzgen.equivalent_hydrogens`), and the
-        number of frames that changed."""
-        permutation = hydrogen_permutations(self.positions, groups)  # [F, N]
+    def with_canonical_hydrogens(
+        self, groups: list[HydrogenGroup], reference: np.ndarray | None = None
+    ) -> tuple["MolecularData", int]:
+        """The frames with each group of equivalent hydrogens in its canonical labelling (the
+        orientation of ``reference`` ``[N, 3]`` nm when given; positions and forces permuted alike;
+        see `boltzgen.equivalent_hydrogens`), and the number of frames that changed."""
+        permutation = hydrogen_permutations(self.positions, groups, reference)  # [F, N]
         changed = count_relabelled_frames(permutation)
         positions = apply_hydrogen_permutation(self.positions, permutation)
         forces = None if self.forces is None else apply_hydrogen_permutation(self.forces, permutation)
