@@ -45,6 +45,7 @@ from typing import Callable, Mapping
 import torch
 
 from boltzgen.energy.torch_forces.base import UnsupportedForceError
+from boltzgen.energy.torch_forces.pairs import minimum_image
 
 __all__ = [
     "BUILTIN_FUNCTIONS",
@@ -514,10 +515,7 @@ def _periodic_distance(args: list[torch.Tensor], box: torch.Tensor | None) -> to
     """OpenMM's ``periodicdistance``: minimum image c, b, a as ReferencePointDistanceFunction."""
     delta = torch.stack(torch.broadcast_tensors(*(args[k] - args[k + 3] for k in range(3))), dim=-1)
     if box is not None:
-        box = box.to(delta.dtype)
-        for k in (2, 1, 0):
-            shift = torch.floor(delta[..., k] / box[k, k] + 0.5)
-            delta = delta - shift.unsqueeze(-1) * box[k]
+        delta = minimum_image(delta, box)
     r2 = (delta * delta).sum(-1)
     positive = r2 > 0
     # OpenMM's derivative is 0 at r = 0; sqrt alone would give NaN there.
