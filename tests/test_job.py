@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -107,3 +109,20 @@ def test_whole_molecular_flow_is_invertible_with_consistent_density():
     assert torch.allclose(x_again, x, atol=1e-9)
     # the log-density is not trivially constant: the perturbation reached every layer
     assert log_q.std() > 0.1
+
+
+def test_split_holds_out_whole_blocks_of_consecutive_frames():
+    from boltzgen.job.data import split_frames
+
+    train, held_out = split_frames(46_000, 40_000, seed=3)
+    assert len(np.intersect1d(train, held_out)) == 0
+    assert len(train) + len(held_out) == 46_000
+    assert abs(len(held_out) / 46_000 - 0.2) < 0.01
+    # held-out frames come in runs of 200 consecutive frames (block boundaries at multiples of 200)
+    starts = held_out[np.r_[True, np.diff(held_out) != 1]]
+    assert (starts % 200 == 0).all()
+    again = split_frames(46_000, 40_000, seed=3)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], held_out)
+    assert not np.array_equal(split_frames(46_000, 40_000, seed=4)[1], held_out)
+    small_train, small_held_out = split_frames(100, 30, seed=0)
+    assert len(small_train) == 30 and len(small_held_out) == 20

@@ -1,7 +1,7 @@
 """Training and reference data of the job: the shipped reference set or a `boltzgen md` run.
 
-Frames are split at random (seeded) into a training set (at most ``max_train_frames``) and a
-held-out set used for the validation NLL and as the reference ensemble of the metrics.
+Frames are split by contiguous blocks (seeded) into a training set (at most ``max_train_frames``)
+and a held-out set used for the validation NLL and as the reference ensemble of the metrics.
 """
 
 from __future__ import annotations
@@ -92,11 +92,33 @@ def load_data(system_name: str, n_atoms: int, data_dir: Optional[str | Path] = N
     )
 
 
-def split_frames(n_frames: int, max_train_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random (seeded) train / held-out index split: at most ``max_train_frames`` and at most
-    80% of the frames for training, the rest held out."""
+#: Frames per contiguous block of the train / held-out split (the shipped data: 1 ps per frame).
+SPLIT_BLOCK_FRAMES = 200
+#: Fraction of the frames held out.
+HELD_OUT_FRACTION = 0.2
+
+
+def split_frames(
+    n_frames: int, max_train_frames: int, seed: int, block_frames: int = SPLIT_BLOCK_FRAMES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train / held-out split by contiguous blocks of frames.
+
+    Frames of MD data are stored in time order, and neighbouring frames are nearly copies of each
+    other; a frame-by-frame random split would hold out near-duplicates of training frames and
+    flatter every held-out number. So the frames are cut into consecutive blocks of
+    ``block_frames`` (at least 50 blocks: smaller blocks for small data sets), a random 20% of the
+    blocks (at least one) is held out, and at most ``max_train_frames`` of the remaining frames
+    (a random subset) are used for training. Returns sorted index arrays ``(train, held_out)``.
+    """
     if n_frames < 10:
         raise ValueError(f"need at least 10 frames of data, got {n_frames}")
-    order = np.random.default_rng(seed).permutation(n_frames)
-    n_train = min(max_train_frames, int(0.8 * n_frames))
-    return np.sort(order[:n_train]), np.sort(order[n_train:])
+    block_frames = max(1, min(int(block_frames), n_frames // 50))
+    n_blocks = -(-n_frames // block_frames)
+    rng = np.random.default_rng(seed)
+    n_held_out_blocks = max(1, round(HELD_OUT_FRACTION * n_blocks))
+    held_out_blocks = rng.permutation(n_blocks)[:n_held_out_blocks]
+    is_held_out = np.isin(np.arange(n_frames) // block_frames, held_out_blocks)
+    held_out, train = np.flatnonzero(is_held_out), np.flatnonzero(~is_held_out)
+    if len(train) > max_train_frames:
+        train = np.sort(rng.choice(train, size=max_train_frames, replace=False))
+    return train, held_out
