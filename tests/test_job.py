@@ -51,6 +51,14 @@ def test_smoke_run_writes_complete_finite_summary_and_resumes(tiny_md, tmp_path,
     assert _run(["--out", str(out), "--data", str(tiny_md), "--seed", "2"]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["ess"] == summary["ess"] and again["e_w2"] == summary["e_w2"]
+    # the saved model rebuilds the same generator: same held-out NLL as the run reported
+    from boltzgen.job import load_trained_generator
+    from boltzgen.job.evaluate import held_out_nll_per_dim
+
+    setup = load_trained_generator(out, device="cpu")
+    nll, _ = held_out_nll_per_dim(setup.generator, setup.held_out.positions, "cpu")
+    assert nll == pytest.approx(summary["held_out_nll_per_dim"], rel=1e-6)
+    setup.target.close()
 
 
 def test_bad_inputs_give_one_clear_message(tiny_md, tmp_path, capsys):

@@ -25,7 +25,9 @@ from boltzgen.analysis.free_energy import FreeEnergyProfile
 from boltzgen.device import select_device
 from boltzgen.equivalent_hydrogens import equivalent_hydrogen_groups
 from boltzgen.io import write_json_atomic
-from boltzgen.job.data import load_data, split_frames
+from boltzgen.errors import BoltzgenError
+from boltzgen.generator import BoltzmannGenerator
+from boltzgen.job.data import MolecularData, load_data, split_frames
 from boltzgen.job.evaluate import evaluate
 from boltzgen.job.model import build_molecular_generator, in_support
 from boltzgen.job.profiles import RunProfile, get_profile
@@ -87,10 +89,71 @@ def _reference_free_energy(system_name: str) -> tuple[Optional[tuple[float, floa
     return (ref.delta_f_kT, ref.delta_f_err_kT), profile
 
 
-def run_job(options: RunOptions) -> dict:
-    """Run (or resume) the job described by ``options``; returns the summary written to summary.json."""
+@dataclass
+class JobSetup:
+    """Everything the job builds before training: the system, its data split, target and generator."""
+
+    system: object
+    data: MolecularData
+    train: MolecularData
+    held_out: MolecularData
+    n_relabelled_frames: int
+    target: object
+    generator: BoltzmannGenerator
+
+
+def setup_job(options: RunOptions, profile: RunProfile, device) -> JobSetup:
+    """Load the system and its data, relabel equivalent hydrogens, split train / held-out (by
+    blocks, seeded), build the target energy and the untrained generator (deterministic in
+    ``options.seed``: `load_trained_generator` rebuilds exactly this and loads the weights)."""
     from boltzgen import systems
 
+    system = systems.load(options.system)
+    if getattr(system, "openmm_system", None) is None:
+        raise ValueError(f"boltzgen run needs a molecular system; {options.system!r} is a toy energy")
+    data = load_data(options.system, system.n_atoms, options.data_dir)
+    hydrogen_groups = equivalent_hydrogen_groups(system.mdtraj_topology, system.openmm_system)
+    # The default orientation (not the system's own, ``reference=system.positions``): the quick
+    # profile was measured with it (ESS 0.22-0.28 over seeds); one run with the system's orientation,
+    # same recipe otherwise, reached ESS 0.003 (benchmarks/results/ad2/): under investigation.
+    data, n_relabelled_frames = data.with_canonical_hydrogens(hydrogen_groups)
+    train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
+    train, held_out = data.subset(train_index), data.subset(held_out_index)
+    target = system.energy(backend=options.energy_backend, platform=options.energy_platform, device=device)
+    train_x = torch.as_tensor(train.positions, dtype=torch.get_default_dtype())
+    generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed)
+    return JobSetup(system, data, train, held_out, n_relabelled_frames, target, generator)
+
+
+def load_trained_generator(out_dir: str | Path, device=None, energy_backend: Optional[str] = None) -> JobSetup:
+    """Rebuild the job of ``out_dir`` (from the run settings stored in its ``model.pt``) with the
+    trained weights loaded; the generator is in eval mode on ``device`` (default: the best one).
+
+    Raises a `BoltzgenError` naming the file when it is not a model written by `boltzgen run`.
+    """
+    from boltzgen.train.checkpoint import load_checkpoint
+
+    path = Path(out_dir) / MODEL_FILE
+    checkpoint = load_checkpoint(path)
+    try:
+        run_config = checkpoint["run_config"]
+        stored_options = dict(run_config["options"])
+        profile = RunProfile(**{**run_config["profile"], "hidden": tuple(run_config["profile"]["hidden"])})
+        state = checkpoint["model_state"]
+    except (KeyError, TypeError) as error:
+        raise BoltzgenError(f"{path} is not a model written by `boltzgen run` (missing {error})") from None
+    if energy_backend is not None:
+        stored_options["energy_backend"] = energy_backend
+    options = RunOptions(**{k: v for k, v in stored_options.items() if k in RunOptions.__dataclass_fields__})
+    device = select_device(device)
+    setup = setup_job(options, profile, device)
+    setup.generator.load_state_dict(state)
+    setup.generator.to(device).eval()
+    return setup
+
+
+def run_job(options: RunOptions) -> dict:
+    """Run (or resume) the job described by ``options``; returns the summary written to summary.json."""
     start = time.perf_counter()
     profile = get_profile(options.profile)
     out_dir = Path(options.out_dir)
@@ -99,21 +162,10 @@ def run_job(options: RunOptions) -> dict:
     torch.manual_seed(options.seed)
     np.random.seed(options.seed)
 
-    system = systems.load(options.system)
-    if getattr(system, "openmm_system", None) is None:
-        raise ValueError(f"boltzgen run needs a molecular system; {options.system!r} is a toy energy")
-    data = load_data(options.system, system.n_atoms, options.data_dir)
-    hydrogen_groups = equivalent_hydrogen_groups(system.mdtraj_topology, system.openmm_system)
-    # The default orientation (not the system's own, ``reference=system.positions``): the quick
-    # profile was measured with it (3 runs, ESS 0.22-0.24); one run with the system's orientation,
-    # same recipe otherwise, reached ESS 0.003 (see the issue notes): under investigation.
-    data, n_relabelled_frames = data.with_canonical_hydrogens(hydrogen_groups)
-    train_index, held_out_index = split_frames(data.n_frames, profile.max_train_frames, options.seed)
-    train, held_out = data.subset(train_index), data.subset(held_out_index)
-
-    target = system.energy(backend=options.energy_backend, platform=options.energy_platform, device=device)
+    setup = setup_job(options, profile, device)
+    system, data, train, held_out = setup.system, setup.data, setup.train, setup.held_out
+    target, generator, n_relabelled_frames = setup.target, setup.generator, setup.n_relabelled_frames
     train_x = torch.as_tensor(train.positions, dtype=torch.get_default_dtype())
-    generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed)
     validation = torch.as_tensor(held_out.positions[: 4 * profile.batch_size], dtype=torch.get_default_dtype())
     validation = validation[in_support(generator, validation)]
 
