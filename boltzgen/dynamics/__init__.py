@@ -1,6 +1,15 @@
-"""Stochastic dynamics on reduced energies: Langevin and Metropolis kernels shared by the
-stochastic flow blocks (`boltzgen.flows.stochastic`) and the samplers (`boltzgen.sampling`)."""
+"""Dynamics on any `Energy`: Langevin and Metropolis kernels on reduced energies (shared by the
+stochastic flow blocks and the samplers) and batched MD integrators (velocity Verlet, Langevin)."""
 
+from boltzgen.dynamics.integrators import (
+    LangevinBAOAB,
+    MDRecord,
+    MDState,
+    VelocityVerlet,
+    maxwell_boltzmann_velocities,
+    per_coordinate_masses,
+    simulate,
+)
 from boltzgen.dynamics.kernels import (
     EnergyLike,
     energy_and_force,
@@ -11,6 +20,13 @@ from boltzgen.dynamics.kernels import (
 )
 
 __all__ = [
+    "LangevinBAOAB",
+    "MDRecord",
+    "MDState",
+    "VelocityVerlet",
+    "maxwell_boltzmann_velocities",
+    "per_coordinate_masses",
+    "simulate",
     "EnergyLike",
     "energy_and_force",
     "mala_step",
