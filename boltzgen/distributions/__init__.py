@@ -1,7 +1,8 @@
-"""Prior distributions: normal (with temperature), uniform box, torus."""
+"""Prior distributions: normal (with temperature), uniform box, torus, uniform on S^3 (rotations)."""
 
 from boltzgen.distributions.base import Distribution
 from boltzgen.distributions.normal import NormalDistribution
+from boltzgen.distributions.rotations import UniformS3
 from boltzgen.distributions.uniform import UniformInterval, UniformTorus
 
-__all__ = ["Distribution", "NormalDistribution", "UniformInterval", "UniformTorus"]
+__all__ = ["Distribution", "NormalDistribution", "UniformInterval", "UniformS3", "UniformTorus"]

@@ -5,6 +5,19 @@ from boltzgen.flows.conditioners import ConditionerFeatures, MLPConditioner
 from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
 from boltzgen.flows.internal_coordinates import InternalCoordinateTransform
 from boltzgen.flows.marginal_gaussian import TruncatedNormalMarginals
+from boltzgen.flows.mobius import (
+    MobiusCircleTransformer,
+    QuaternionMobiusTransformer,
+    double_mobius_s3,
+    double_mobius_s3_inverse,
+    mobius_circle,
+)
+from boltzgen.flows.quaternions import (
+    SignInvariantConditioner,
+    quaternion_to_rotation_matrix,
+    rotation_matrix_to_quaternion,
+    sign_invariant_features,
+)
 from boltzgen.flows.shifts import CircularShift
 from boltzgen.flows.spline_stack import coupling_stack, spline_coupling_layer
 from boltzgen.flows.splines import RationalQuadraticSpline, circular_spline, interval_spline
@@ -29,4 +42,14 @@ __all__ = [
     "InternalCoordinateTransform",
     "TruncatedNormalMarginals",
     "ZMatrix",
+    # rigid bodies: Möbius maps on the circle and on S^3 (quaternions)
+    "MobiusCircleTransformer",
+    "QuaternionMobiusTransformer",
+    "SignInvariantConditioner",
+    "double_mobius_s3",
+    "double_mobius_s3_inverse",
+    "mobius_circle",
+    "quaternion_to_rotation_matrix",
+    "rotation_matrix_to_quaternion",
+    "sign_invariant_features",
 ]
