@@ -9,7 +9,8 @@ are a float or a ``[B]`` tensor (one per chain).
 
 Infinite or NaN energies (a configuration outside a flow's support, overlapping atoms) are
 handled, never propagated as NaN: MALA and Metropolis reject such proposals; the unadjusted
-Langevin step returns them and leaves it to the caller to drop and count them.
+Langevin step returns them and leaves it to the caller to drop and count them. A chain whose
+current energy is +inf accepts any finite proposal (it can only get better).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def energy_and_force(
     With ``create_graph`` the force is differentiable (in ``x`` and in the energy's parameters):
     what training through Langevin steps needs. Otherwise an ``energy_and_force`` method of the
     energy (OpenMM, TorchEnergy) is used when it has one, else autograd. Rows with a non-finite
-    energy get force 0 (never NaN).
+    energy or force get energy +inf and force 0 (never NaN).
     """
     if not create_graph and hasattr(energy, "energy_and_force"):
         u, f = energy.energy_and_force(x)
@@ -58,8 +59,10 @@ def energy_and_force(
         f = -grad
         if not create_graph:
             u = u.detach()
-    finite = torch.isfinite(u)
+    # a row with a finite energy but a non-finite force is a broken evaluation as well: +inf
+    finite = torch.isfinite(u) & torch.isfinite(f).all(-1)
     if not bool(finite.all()):
+        u = torch.where(finite, u, torch.full_like(u, torch.inf))
         f = torch.where(finite.unsqueeze(-1), f, torch.zeros_like(f))
     return u, f
 

@@ -27,8 +27,29 @@ class InterpolatedEnergy(torch.nn.Module):
             return self.end.energy(x)
         return (1.0 - self.lam) * self.start.energy(x) + self.lam * self.end.energy(x)
 
+    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u_lambda [B]`` and its force ``-du_lambda/dx [B, D]`` (no graph), using each end's own
+        ``energy_and_force`` (OpenMM, analytic forces) where it has one, autograd otherwise."""
+        if self.lam == 0.0:
+            return _energy_and_force(self.start, x)
+        if self.lam == 1.0:
+            return _energy_and_force(self.end, x)
+        u0, f0 = _energy_and_force(self.start, x)
+        u1, f1 = _energy_and_force(self.end, x)
+        return (1.0 - self.lam) * u0 + self.lam * u1, (1.0 - self.lam) * f0 + self.lam * f1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.energy(x)
 
     def extra_repr(self) -> str:
         return f"lambda={self.lam:g}"
+
+
+def _energy_and_force(energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(energy, "energy_and_force"):
+        return energy.energy_and_force(x)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        u = energy.energy(xg)
+        (grad,) = torch.autograd.grad(u.sum(), xg)
+    return u.detach(), -grad
