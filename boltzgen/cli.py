@@ -167,6 +167,7 @@ def _md_command(args: argparse.Namespace) -> int:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from boltzgen.energy.backends import ENERGY_BACKENDS
+    from boltzgen.job.samplers import SAMPLERS
     from boltzgen.job import PROFILES
 
     parser.add_argument("system", help="molecular system name (see `boltzgen systems`)")
@@ -183,6 +184,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target energy: torch (batched PyTorch force field), openmm (OpenMM Contexts), "
                              "or auto (torch when it supports every force of the system; default)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform of the target energy (default: fastest)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="is",
+                        help="is: importance sampling (default); smc: sequential Monte Carlo from the flow to the "
+                             "target; mcmc: flow-proposal Metropolis-Hastings chains (rerun in the same --out "
+                             "directory to resample a trained model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -193,7 +198,7 @@ def _run_command(args: argparse.Namespace) -> int:
     options = RunOptions(
         system=args.system, out_dir=args.out, profile=args.profile or "quick", seed=args.seed,
         device=args.device, data_dir=args.data, energy_platform=args.platform, quiet=args.quiet,
-        energy_backend=args.energy,
+        energy_backend=args.energy, sampler=args.sampler,
     )
     try:
         summary = run_job(options)

@@ -61,6 +61,24 @@ def test_smoke_run_writes_complete_finite_summary_and_resumes(tiny_md, tmp_path,
     setup.target.close()
 
 
+@pytest.mark.parametrize("sampler", ["smc", "mcmc"])
+def test_smoke_run_with_other_samplers_reports_their_diagnostics(tiny_md, tmp_path, sampler):
+    out = tmp_path / "run"
+    assert _run(["--out", str(out), "--data", str(tiny_md), "--seed", "2", "--sampler", sampler]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sampler"] == sampler
+    for key in ["ess", "e_w2", "t_w2", "delta_f_kT"]:
+        assert key in summary
+    assert math.isfinite(summary["e_w2"]) and math.isfinite(summary["t_w2"])
+    diagnostics = summary["sampler_diagnostics"]
+    if sampler == "smc":
+        assert diagnostics["final_time"] == 1.0 and diagnostics["n_energy_evals"] > 300
+        assert summary["n_energy_evals"] == 3 * 16 + 300 + diagnostics["n_energy_evals"]
+    else:
+        assert 0.0 <= diagnostics["acceptance_rate"] <= 1.0 and diagnostics["n_chains"] == 15
+        assert summary["n_final_samples"] == 300
+
+
 def test_bad_inputs_give_one_clear_message(tiny_md, tmp_path, capsys):
     assert main(["run", "no_such_molecule", "--out", str(tmp_path / "a"), "--profile", "smoke"]) == 2
     assert "available systems" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Flow layers: the `Flow` contract, compositions, and the layers built on it."""
 
+from boltzgen.flows.affine import AffineTransformer, affine_coupling_layer
 from boltzgen.flows.base import Flow, InverseFlow, SequentialFlow
 from boltzgen.flows.conditioners import ConditionerFeatures, MLPConditioner
 from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
@@ -19,6 +20,15 @@ from boltzgen.flows.quaternions import (
     sign_invariant_features,
 )
 from boltzgen.flows.shifts import CircularShift
+from boltzgen.flows.stochastic import (
+    MetropolisBlock,
+    OverdampedLangevinBlock,
+    StochasticBlock,
+    UnderdampedLangevinBlock,
+    annealed_energies,
+    contains_stochastic_blocks,
+)
+from boltzgen.flows.tailed_spline import LinearTailSpline
 from boltzgen.flows.spline_stack import coupling_stack, spline_coupling_layer
 from boltzgen.flows.splines import RationalQuadraticSpline, circular_spline, interval_spline
 from boltzgen.flows.zmatrix import ZMatrix
@@ -38,6 +48,17 @@ __all__ = [
     "coupling_stack",
     "interval_spline",
     "spline_coupling_layer",
+    # flows on the real line: affine (RealNVP) couplings, linear-tail splines
+    "AffineTransformer",
+    "LinearTailSpline",
+    "affine_coupling_layer",
+    # stochastic blocks (stochastic normalizing flows)
+    "MetropolisBlock",
+    "OverdampedLangevinBlock",
+    "StochasticBlock",
+    "UnderdampedLangevinBlock",
+    "annealed_energies",
+    "contains_stochastic_blocks",
     # internal coordinates (Z-matrix) for molecules
     "InternalCoordinateTransform",
     "TruncatedNormalMarginals",

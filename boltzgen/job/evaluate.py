@@ -15,7 +15,7 @@ from boltzgen.analysis.free_energy import FreeEnergyProfile
 from boltzgen.geometry import dihedrals
 from boltzgen.job.data import MolecularData
 from boltzgen.job.model import in_support
-from boltzgen.sampling import summarize_weights
+from boltzgen.job.samplers import SampleSet
 
 
 def backbone_torsion_atoms(mdtraj_topology) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,7 @@ def evaluate(
     held_out: MolecularData,
     mdtraj_topology,
     *,
-    n_samples: int,
+    samples: SampleSet,
     n_metric_samples: int,
     n_bootstrap: int,
     reference_delta_f: Optional[tuple[float, float]],
@@ -80,15 +80,15 @@ def evaluate(
     device,
     seed: int = 0,
 ) -> dict:
-    """Sample, reweight and analyse; write plots into ``out_dir``; return summary numbers.
+    """Analyse ``samples`` (from `boltzgen.job.samplers.draw_samples`); write plots into
+    ``out_dir``; return summary numbers.
 
     ``reference_delta_f`` = (dF, error) in kT for phi > 0 vs phi < 0 (umbrella sampling), used to
     give the held-out reference frames their equilibrium basin populations in E-W2 / T-W2.
     """
     generator.eval()
-    x, log_w, u = generator.sample_with_log_weights(n_samples, return_energies=True)
-    x, log_w, u = x.cpu(), log_w.cpu().numpy(), u.cpu().double().numpy()
-    weights = summarize_weights(log_w)
+    x, log_w, u = samples.x, samples.log_w, samples.u
+    weights = samples.proposal_weights
     phi_atoms, psi_atoms = backbone_torsion_atoms(mdtraj_topology)
     angles = phi_psi(x, phi_atoms[:1], psi_atoms[:1])
     delta_f = free_energy_difference(log_w, angles[:, 0] < 0, angles[:, 0] > 0, n_bootstrap=n_bootstrap, seed=seed)
@@ -115,6 +115,8 @@ def evaluate(
 
     summary = {
         **weights.as_dict(),
+        "n_final_samples": int(len(log_w)),
+        "n_final_dropped": int((~np.isfinite(log_w)).sum()),
         "delta_f_kT": delta_f.value,
         "delta_f_err_kT": delta_f.error,
         "reference_delta_f_kT": None if reference_delta_f is None else reference_delta_f[0],

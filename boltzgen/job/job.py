@@ -31,6 +31,7 @@ from boltzgen.job.data import MolecularData, load_data, split_frames
 from boltzgen.job.evaluate import evaluate
 from boltzgen.job.model import build_molecular_generator, in_support
 from boltzgen.job.profiles import RunProfile, get_profile
+from boltzgen.job.samplers import SAMPLERS, SamplerSettings, draw_samples
 from boltzgen.train import Trainer, TrainerConfig, TrainingStage, save_checkpoint
 
 #: Files the job writes into its output directory.
@@ -55,6 +56,7 @@ class RunOptions:
     energy_platform: str = "auto"
     quiet: bool = False
     energy_backend: str = "auto"
+    sampler: str = "is"
 
 
 def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True) -> TrainerConfig:
@@ -156,6 +158,8 @@ def run_job(options: RunOptions) -> dict:
     """Run (or resume) the job described by ``options``; returns the summary written to summary.json."""
     start = time.perf_counter()
     profile = get_profile(options.profile)
+    if options.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(options.device)
@@ -181,19 +185,24 @@ def run_job(options: RunOptions) -> dict:
     save_checkpoint(out_dir / MODEL_FILE, {"model_state": generator.state_dict(), "run_config": run_config})
 
     reference_delta_f, reference_profile = _reference_free_energy(options.system)
+    sampler_settings = SamplerSettings()
+    samples = draw_samples(generator, options.sampler, profile.n_samples, sampler_settings, seed=options.seed)
     results = evaluate(
         generator, held_out, system.mdtraj_topology,
-        n_samples=profile.n_samples, n_metric_samples=profile.n_metric_samples,
+        samples=samples, n_metric_samples=profile.n_metric_samples,
         n_bootstrap=profile.n_bootstrap, reference_delta_f=reference_delta_f,
         reference_profile=reference_profile, out_dir=out_dir, device=device, seed=options.seed,
     )
-    n_energy_evals = state.n_energy_evaluations + profile.n_samples
+    n_energy_evals = state.n_energy_evaluations + samples.n_energy_evals
     target.close()
     summary = {
         "system": options.system,
         "profile": profile.name,
         "seed": options.seed,
         **results,
+        "sampler": options.sampler,
+        "sampler_settings": sampler_settings.as_dict() if options.sampler != "is" else {},
+        "sampler_diagnostics": samples.diagnostics,
         "n_energy_evals": n_energy_evals,
         "n_train_frames": train.n_frames,
         "n_relabelled_frames": n_relabelled_frames,
@@ -225,6 +234,7 @@ def summary_table(summary: dict) -> str:
         return str(value)
 
     rows = [
+        ("sampler", summary.get("sampler", "is")),
         ("ESS (Kish, normalised)", fmt(summary["ess"])),
         ("ESS, top 0.2% weights dropped", fmt(summary["ess_filtered"])),
         ("dF(phi>0 - phi<0) [kT]", f"{fmt(summary['delta_f_kT'], 2)} +- {fmt(summary['delta_f_err_kT'], 2)}"),

@@ -9,7 +9,7 @@ inverse). Only ``generator.log_prob`` is needed, so a `BoltzmannGenerator`, a ba
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -42,16 +42,21 @@ class FlowEnergy:
         dim: configuration dimension D; by default read from ``generator.target.dim``,
             ``generator.dim`` or ``generator.prior.dim`` (in that order). For generators whose
             latent and configuration dimensions differ, give it (or give the target).
+        support: optional ``x [B, D] -> bool [B]``, True inside the generator's support. Rows
+            outside get ``log q = -inf`` without calling ``log_prob`` on them (flows whose layers
+            reject inputs outside their domain, e.g. the molecular flows: see
+            `boltzgen.job.model.in_support`).
 
     Attributes:
         dim: D (None if unknown).
         n_evaluations: number of configurations evaluated so far (a cost counter).
     """
 
-    def __init__(self, generator, dim: Optional[int] = None):
+    def __init__(self, generator, dim: Optional[int] = None, support: Optional[Callable] = None):
         if not callable(getattr(generator, "log_prob", None)):
             raise TypeError(f"FlowEnergy needs an object with log_prob(x), got {type(generator).__name__}")
         self.generator = generator
+        self.support = support
         self.dim = int(dim) if dim is not None else _infer_dim(generator)
         self.n_evaluations = 0
 
@@ -59,13 +64,23 @@ class FlowEnergy:
         """The generator's ``log q_X(x)`` ``[B]``, with non-finite values replaced by ``-inf``."""
         if x.dim() != 2 or (self.dim is not None and x.shape[1] != self.dim):
             raise ValueError(f"FlowEnergy expects x of shape [batch, {self.dim}], got {list(x.shape)}")
+        if self.support is not None:
+            inside = torch.as_tensor(self.support(x.detach()), device=x.device)
+            log_q = torch.full(x.shape[:1], -math.inf, dtype=x.dtype, device=x.device)
+            if bool(inside.any()):
+                log_q = log_q.index_put((inside.nonzero().flatten(),), self._log_prob(x[inside]))
+        else:
+            log_q = self._log_prob(x)
+        return torch.where(torch.isfinite(log_q), log_q, torch.full_like(log_q, -math.inf))
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
         chunk = int(getattr(self.generator, "chunk_size", 0) or 0)
         if chunk > 0 and x.shape[0] > chunk:
             log_q = torch.cat([self.generator.log_prob(part) for part in torch.split(x, chunk)])
         else:
             log_q = self.generator.log_prob(x)
         self.n_evaluations += int(x.shape[0])
-        return torch.where(torch.isfinite(log_q), log_q, torch.full_like(log_q, -math.inf))
+        return log_q
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """``-log q_X(x)`` ``[B]`` in kT; ``+inf`` where the log density is not finite."""

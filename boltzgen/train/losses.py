@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from boltzgen.flows.stochastic import contains_stochastic_blocks
+
 
 @dataclass(frozen=True)
 class LinLogCut:
@@ -65,6 +67,12 @@ def reverse_kl_loss(
     variance vanishes as q approaches the target, where the plain one stays noisy; it costs one
     extra inverse pass. The returned loss value is the same in both cases.
 
+    Stochastic normalising flows (a flow containing `boltzgen.flows.stochastic` blocks): there
+    ``log q`` is the path log-density ``log q_Z(z) - sum dS`` of the path the sample took, and the
+    inverse draws a *different* random (backward) path, so the path-gradient recomputation would
+    be wrong; such generators always use the plain estimator (``path_gradient`` is ignored), whose
+    loss is the SNF paper's path KL ``E[u_X(x_T) - u_Z(z) - sum dS] = -E[log w]`` (``u_Z = -log q_Z``).
+
     Returns the loss with the number of samples whose energy was above ``cut.high`` and the mean
     finite energy (diagnostics).
     """
@@ -74,10 +82,19 @@ def reverse_kl_loss(
     finite = torch.isfinite(u)
     mean_energy = float(u.detach()[finite].mean()) if finite.any() else math.inf
     n_cut = int((~finite | (u >= cut.high)).sum())
-    if path_gradient:
+    if path_gradient and not contains_stochastic_blocks(generator.flow):
         log_q_path = _log_prob_with_fixed_parameters(generator, x)
         # value of the plain loss, gradient of the path estimator
         log_q = log_q_path + (log_q - log_q_path).detach()
+    # a sample an SNF dropped (dS = -inf: a non-finite energy on its path) has log q = +inf; it
+    # carries no weight, so it leaves the average (counted with the cut samples) instead of
+    # turning the loss into inf
+    usable = torch.isfinite(log_q.detach())
+    if not bool(usable.all()):
+        n_cut += int((~usable & finite & (u < cut.high)).sum())
+        if not bool(usable.any()):
+            return ReverseKLResult(log_q.new_tensor(math.inf), n_cut, mean_energy)
+        return ReverseKLResult((u_cut + log_q)[usable].mean(), n_cut, mean_energy)
     return ReverseKLResult((u_cut + log_q).mean(), n_cut, mean_energy)
 
 
