@@ -19,7 +19,15 @@ from boltzgen.flows.quaternions import (
     rotation_matrix_to_quaternion,
     sign_invariant_features,
 )
+from boltzgen.flows.root_finding import invert_monotone, solve_monotone
 from boltzgen.flows.shifts import CircularShift
+from boltzgen.flows.smooth import (
+    SmoothMixtureTransformer,
+    circular_smooth_mixture,
+    interval_smooth_mixture,
+    smooth_coupling_layer,
+    smooth_coupling_stack,
+)
 from boltzgen.flows.stochastic import (
     MetropolisBlock,
     OverdampedLangevinBlock,
@@ -48,6 +56,14 @@ __all__ = [
     "coupling_stack",
     "interval_spline",
     "spline_coupling_layer",
+    # smooth flows (C-infinity densities, root-finding inverse)
+    "SmoothMixtureTransformer",
+    "circular_smooth_mixture",
+    "interval_smooth_mixture",
+    "invert_monotone",
+    "smooth_coupling_layer",
+    "smooth_coupling_stack",
+    "solve_monotone",
     # flows on the real line: affine (RealNVP) couplings, linear-tail splines
     "AffineTransformer",
     "LinearTailSpline",

@@ -26,7 +26,7 @@ import torch
 
 from boltzgen.flows.base import Flow, SequentialFlow
 from boltzgen.flows.conditioners import MLPConditioner
-from boltzgen.flows.coupling import CouplingLayer, DimensionSet, as_index_tensor
+from boltzgen.flows.coupling import CouplingLayer, DimensionSet, ElementwiseTransformer, as_index_tensor
 from boltzgen.flows.shifts import CircularShift
 from boltzgen.flows.splines import (
     DEFAULT_MIN_BIN_HEIGHT,
@@ -74,6 +74,32 @@ def spline_coupling_layer(
     Returns:
         A :class:`CouplingLayer` that is the identity map at initialisation.
     """
+    def make_transformer(circular_flags: torch.Tensor) -> RationalQuadraticSpline:
+        return RationalQuadraticSpline(
+            circular_flags, n_bins=n_bins, min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height, min_derivative=min_derivative,
+        )
+
+    return masked_coupling_layer(dim, transformed, circular_mask, make_transformer, hidden, context_dim,
+                                 activation, conditioning)
+
+
+def masked_coupling_layer(
+    dim: int,
+    transformed: DimensionSet,
+    circular_mask: Union[Sequence[bool], torch.Tensor],
+    make_transformer: Callable[[torch.Tensor], ElementwiseTransformer],
+    hidden: Sequence[int] = (128, 128),
+    context_dim: int = 0,
+    activation: Callable[[], torch.nn.Module] = torch.nn.SiLU,
+    conditioning: Optional[DimensionSet] = None,
+) -> CouplingLayer:
+    """A coupling layer on [0, 1]^D with any element-wise transformer and an MLP conditioner.
+
+    ``make_transformer(circular_flags [|T|] bool) -> ElementwiseTransformer`` builds the
+    transformer of the transformed dims; the conditioner sees the conditioning dims (default: all
+    others) with circle-aware features and starts at the transformer's identity parameters.
+    """
     mask = _circular_mask(circular_mask, dim)
     transformed_idx = as_index_tensor(transformed, dim, "transformed")
     if conditioning is None:
@@ -82,13 +108,7 @@ def spline_coupling_layer(
         conditioning_idx = torch.nonzero(is_conditioning).flatten()
     else:
         conditioning_idx = as_index_tensor(conditioning, dim, "conditioning")
-    transformer = RationalQuadraticSpline(
-        mask[transformed_idx],
-        n_bins=n_bins,
-        min_bin_width=min_bin_width,
-        min_bin_height=min_bin_height,
-        min_derivative=min_derivative,
-    )
+    transformer = make_transformer(mask[transformed_idx])
     conditioner = MLPConditioner(
         mask[conditioning_idx],
         transformer.n_params,
@@ -97,9 +117,7 @@ def spline_coupling_layer(
         activation=activation,
         output_bias=transformer.identity_parameters(),
     )
-    return CouplingLayer(
-        dim, transformed_idx, conditioner, transformer, conditioning=conditioning_idx
-    )
+    return CouplingLayer(dim, transformed_idx, conditioner, transformer, conditioning=conditioning_idx)
 
 
 def alternating_halves(
@@ -131,28 +149,31 @@ def coupling_stack(
     circular_mask: Union[Sequence[bool], torch.Tensor],
     n_layers: int,
     hidden: Sequence[int] = (128, 128),
-    n_bins: int = 8,
     context_dim: int = 0,
     activation: Callable[[], torch.nn.Module] = torch.nn.SiLU,
     shift: float = GOLDEN_SHIFT,
     seed: int = 0,
-    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
-    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
-    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+    layer_factory: Callable[..., CouplingLayer] = spline_coupling_layer,
+    **layer_options,
 ) -> SequentialFlow:
-    """``n_layers`` spline coupling layers on [0, 1]^D with circular shifts between them.
+    """``n_layers`` coupling layers on [0, 1]^D with circular shifts between them.
 
     Masks as described in the module docstring (every dim is transformed once per pair of
     layers, so use an even ``n_layers``); ``seed`` fixes the random splits (the index sets are
-    also stored as buffers in the state dict). The stack is the identity map at initialisation.
+    also stored as buffers in the state dict). The stack is the identity map at initialisation
+    (for the smooth transformers: within their identity gap).
 
     Args:
         dim: number of dims D >= 2.
         circular_mask: ``[D]`` flags, True for circle dims (torsions) represented in [0, 1).
         n_layers: number of coupling layers.
-        hidden, n_bins, context_dim, activation: as in :func:`spline_coupling_layer`.
+        hidden, context_dim, activation: as in :func:`spline_coupling_layer`.
         shift: offset of the circular shift after each coupling layer (0 for none).
         seed: seed of the random splits.
+        layer_factory: builds one layer, ``(dim, transformed, circular_mask, hidden=,
+            context_dim=, activation=, **layer_options) -> CouplingLayer``:
+            :func:`spline_coupling_layer` (default; options ``n_bins``, ``min_bin_width``, ...)
+            or `boltzgen.flows.smooth.smooth_coupling_layer` (``n_components``, ...).
 
     Returns:
         ``SequentialFlow`` of coupling layers and :class:`CircularShift` layers:
@@ -175,17 +196,9 @@ def coupling_stack(
             is_transformed[first_half] = False
             transformed = torch.nonzero(is_transformed).flatten()
         layers.append(
-            spline_coupling_layer(
-                dim,
-                transformed,
-                mask,
-                hidden=hidden,
-                n_bins=n_bins,
-                context_dim=context_dim,
-                activation=activation,
-                min_bin_width=min_bin_width,
-                min_bin_height=min_bin_height,
-                min_derivative=min_derivative,
+            layer_factory(
+                dim, transformed, mask, hidden=hidden, context_dim=context_dim, activation=activation,
+                **layer_options,
             )
         )
         if use_shifts and i < n_layers - 1:
