@@ -38,11 +38,25 @@ def _muller_brown(**options):
     return muller_brown(**options)
 
 
+def _tetrahedron_in_field(**options):
+    from boltzgen.systems.rigid import tetrahedron_in_field
+
+    return tetrahedron_in_field(**options)
+
+
+def _ice_xi_tip4pew_16(**options):
+    from boltzgen.systems.rigid import ice_xi_tip4pew_16
+
+    return ice_xi_tip4pew_16(**options)
+
+
 _REGISTRY: dict[str, Callable[..., MolecularSystem | ToySystem]] = {
     "alanine_dipeptide_implicit": _alanine_dipeptide_implicit,
     "alanine_dipeptide_vacuum": _alanine_dipeptide_vacuum,
     "double_well": _double_well,
     "muller_brown": _muller_brown,
+    "tetrahedron_in_field": _tetrahedron_in_field,
+    "ice_xi_tip4pew_16": _ice_xi_tip4pew_16,
 }
 
 
