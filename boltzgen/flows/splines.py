@@ -69,7 +69,7 @@ def identity_spline_parameters(
 
 
 def _bins_from_parameter_count(n_params: int, circular: bool) -> int:
-    n_bins, remainder = divmod(n_params - (0 if circular else 1), 3)
+    n_bins, remainder = divmod(int(n_params) - (0 if circular else 1), 3)  # int(): shapes are tensors under tracing
     if remainder != 0 or n_bins < 1:
         kind = "3K (circular)" if circular else "3K + 1 (interval)"
         raise ValueError(
