@@ -167,6 +167,7 @@ def _md_command(args: argparse.Namespace) -> int:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from boltzgen.energy.backends import ENERGY_BACKENDS
+    from boltzgen.job.model import FLOW_KINDS
     from boltzgen.job.samplers import SAMPLERS
     from boltzgen.job import PROFILES
 
@@ -188,6 +189,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="is: importance sampling (default); smc: sequential Monte Carlo from the flow to the "
                              "target; mcmc: flow-proposal Metropolis-Hastings chains (rerun in the same --out "
                              "directory to resample a trained model)")
+    parser.add_argument("--flow", choices=FLOW_KINDS, default="spline",
+                        help="coupling transformers: spline (default) or smooth (C-infinity density whose forces can drive MD)")
+    parser.add_argument("--loss", default=None, metavar="TERMS",
+                        help="training loss terms and weights, e.g. nll,fm,kl or nll=1,fm=3,kl=0.1 "
+                             "(default: the profile's nll + fm, then + kl)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -198,7 +204,7 @@ def _run_command(args: argparse.Namespace) -> int:
     options = RunOptions(
         system=args.system, out_dir=args.out, profile=args.profile or "quick", seed=args.seed,
         device=args.device, data_dir=args.data, energy_platform=args.platform, quiet=args.quiet,
-        energy_backend=args.energy, sampler=args.sampler,
+        energy_backend=args.energy, sampler=args.sampler, flow=args.flow, loss=args.loss,
     )
     try:
         summary = run_job(options)

@@ -79,11 +79,36 @@ def test_smoke_run_with_other_samplers_reports_their_diagnostics(tiny_md, tmp_pa
         assert summary["n_final_samples"] == 300
 
 
+def test_smoke_run_with_a_smooth_flow_and_a_chosen_loss(tiny_md, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["--out", str(out), "--data", str(tiny_md), "--flow", "smooth", "--loss", "nll=1,fm=0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["flow"] == "smooth"
+    assert summary["loss_weights"] == {"nll": 1.0, "fm": 0.5, "kl": 0.0}
+    assert summary["n_energy_evals"] == 300  # no reverse KL: only the samples' energies
+    assert math.isfinite(summary["ess"]) and math.isfinite(summary["held_out_nll_per_dim"])
+
+
+def test_loss_specs():
+    from boltzgen.job.profiles import get_profile, loss_weights
+
+    quick = get_profile("quick")
+    assert loss_weights(None, quick) == {"nll": 1.0, "fm": quick.force_weight, "kl": quick.kl_weight}
+    assert loss_weights("nll,kl", quick) == {"nll": 1.0, "fm": 0.0, "kl": quick.kl_weight}
+    assert loss_weights("fm=2", quick) == {"nll": 0.0, "fm": 2.0, "kl": 0.0}
+    for bad, complaint in [("nll,foo", "unknown loss term"), ("nll=x", "must be a number"),
+                           ("kl", "needs nll or fm"), ("nll=-1", ">= 0")]:
+        with pytest.raises(ValueError, match=complaint):
+            loss_weights(bad, quick)
+
+
 def test_bad_inputs_give_one_clear_message(tiny_md, tmp_path, capsys):
     assert main(["run", "no_such_molecule", "--out", str(tmp_path / "a"), "--profile", "smoke"]) == 2
     assert "available systems" in capsys.readouterr().err
     assert main(["run", "double_well", "--out", str(tmp_path / "b"), "--profile", "smoke"]) == 2
     assert "needs a molecular system" in capsys.readouterr().err
+    assert _run(["--out", str(tmp_path / "e"), "--loss", "nll,xyz"]) == 2
+    assert "unknown loss term 'xyz'" in capsys.readouterr().err
     assert _run(["--out", str(tmp_path / "c"), "--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     out = tmp_path / "d"

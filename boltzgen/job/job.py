@@ -30,7 +30,7 @@ from boltzgen.generator import BoltzmannGenerator
 from boltzgen.job.data import MolecularData, load_data, split_frames
 from boltzgen.job.evaluate import evaluate
 from boltzgen.job.model import build_molecular_generator, in_support
-from boltzgen.job.profiles import RunProfile, get_profile
+from boltzgen.job.profiles import RunProfile, get_profile, loss_weights
 from boltzgen.job.samplers import SAMPLERS, SamplerSettings, draw_samples
 from boltzgen.train import Trainer, TrainerConfig, TrainingStage, save_checkpoint
 
@@ -57,20 +57,26 @@ class RunOptions:
     quiet: bool = False
     energy_backend: str = "auto"
     sampler: str = "is"
+    flow: str = "spline"
+    loss: Optional[str] = None
 
 
-def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True) -> TrainerConfig:
+def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True, loss: Optional[str] = None) -> TrainerConfig:
     """Two stages: maximum likelihood (+ force matching when the data have forces), then the
-    same + weighted reverse KL against the target energy."""
-    force_weight = profile.force_weight if with_forces else 0.0
-    suffix = "+fm" if force_weight > 0 else ""
+    same + weighted reverse KL against the target energy; ``loss`` (``--loss``, see
+    `boltzgen.job.profiles.loss_weights`) chooses the terms and their weights."""
+    weights = loss_weights(loss, profile)
+    force_weight = weights["fm"] if with_forces else 0.0
+    if weights["nll"] == 0 and force_weight == 0:
+        raise ValueError("force matching needs data with forces; these data have none (use --loss nll,...)")
+    name = "+".join(term for term, w in (("nll", weights["nll"]), ("fm", force_weight)) if w > 0)
     return TrainerConfig(
         stages=[
-            TrainingStage("nll" + suffix, profile.nll_steps, learning_rate=profile.nll_learning_rate,
+            TrainingStage(name, profile.nll_steps, nll_weight=weights["nll"], learning_rate=profile.nll_learning_rate,
                           force_weight=force_weight, batch_size=profile.batch_size,
                           warmup_steps=min(100, profile.nll_steps // 10)),
-            TrainingStage("nll" + suffix + "+kl", profile.kl_steps, kl_weight=profile.kl_weight,
-                          force_weight=force_weight, learning_rate=profile.kl_learning_rate,
+            TrainingStage(name + ("+kl" if weights["kl"] > 0 else ""), profile.kl_steps, nll_weight=weights["nll"],
+                          kl_weight=weights["kl"], force_weight=force_weight, learning_rate=profile.kl_learning_rate,
                           batch_size=profile.batch_size, kl_batch_size=profile.kl_batch_size,
                           warmup_steps=min(50, profile.kl_steps // 10)),
         ],
@@ -123,7 +129,8 @@ def setup_job(options: RunOptions, profile: RunProfile, device) -> JobSetup:
     train, held_out = data.subset(train_index), data.subset(held_out_index)
     target = system.energy(backend=options.energy_backend, platform=options.energy_platform, device=device)
     train_x = torch.as_tensor(train.positions, dtype=torch.get_default_dtype())
-    generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed)
+    generator = build_molecular_generator(system.mdtraj_topology, train_x, profile, target, seed=options.seed,
+                                          flow=options.flow)
     return JobSetup(system, data, train, held_out, n_relabelled_frames, target, generator)
 
 
@@ -164,6 +171,7 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
     profile = profile if profile is not None else get_profile(options.profile)
     if options.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    loss_weights(options.loss, profile)  # a bad --loss is an error before anything is loaded
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(options.device)
@@ -179,7 +187,7 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
 
     run_config = {"options": asdict(options), "profile": profile.as_dict(), "data_source": data.source}
     train_forces = None if train.forces is None else torch.as_tensor(train.forces, dtype=train_x.dtype)
-    config = trainer_config(profile, options.seed, with_forces=train_forces is not None)
+    config = trainer_config(profile, options.seed, with_forces=train_forces is not None, loss=options.loss)
     trainer = Trainer(
         generator, train_x, config, out_dir / CHECKPOINT_FILE,
         validation_data=validation, device=device, run_config=run_config, quiet=options.quiet,
@@ -204,6 +212,8 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
         "profile": profile.name,
         "seed": options.seed,
         **results,
+        "flow": options.flow,
+        "loss_weights": loss_weights(options.loss, profile),
         "sampler": options.sampler,
         "sampler_settings": sampler_settings.as_dict() if options.sampler != "is" else {},
         "sampler_diagnostics": samples.diagnostics,

@@ -12,13 +12,19 @@ from boltzgen.flows import (
     TruncatedNormalMarginals,
     ZMatrix,
     coupling_stack,
+    smooth_coupling_layer,
 )
 from boltzgen.generator import BoltzmannGenerator
 from boltzgen.job.profiles import RunProfile
 
 
+#: Transformers of the coupling layers (``boltzgen run --flow``).
+FLOW_KINDS = ("spline", "smooth")
+
+
 def build_molecular_generator(
-    mdtraj_topology, train_positions: torch.Tensor, profile: RunProfile, target=None, seed: int = 0
+    mdtraj_topology, train_positions: torch.Tensor, profile: RunProfile, target=None, seed: int = 0,
+    flow: str = "spline",
 ) -> BoltzmannGenerator:
     """A generator over Cartesian configurations ``[B, 3N]`` (nm) of the molecule.
 
@@ -30,19 +36,30 @@ def build_molecular_generator(
     intervals and the marginals are fitted on ``train_positions`` ``[M, 3N]`` (nm). Global
     rotation and translation are not modelled (the energy is invariant to them), so densities
     are over the 3N-6 internal degrees of freedom.
+
+    ``flow="smooth"`` uses smooth mixture transformers (`boltzgen.flows.smooth`, ``n_bins``
+    components) instead of splines: a C-infinity density whose forces can drive MD; their
+    density direction (x -> z, used by NLL and force matching) is the closed-form one, sampling
+    inverts them by root finding.
     """
+    if flow not in FLOW_KINDS:
+        raise ValueError(f"unknown flow {flow!r}; choose one of {', '.join(FLOW_KINDS)}")
     zmatrix = ZMatrix.from_topology(mdtraj_topology)
     internal = InternalCoordinateTransform(zmatrix).fit_normalization(train_positions.double())
     with torch.no_grad():
         u_train, _ = internal.inverse(train_positions.double())
     marginals = TruncatedNormalMarginals.fit(u_train, internal.circular_mask)
+    if flow == "spline":
+        layer_options = {"n_bins": profile.n_bins}
+    else:
+        layer_options = {"layer_factory": smooth_coupling_layer, "n_components": profile.n_bins, "analytic": "inverse"}
     couplings = coupling_stack(
         zmatrix.n_internal,
         marginals.coupling_circular_mask,
         n_layers=profile.n_coupling_layers,
         hidden=profile.hidden,
-        n_bins=profile.n_bins,
         seed=seed,
+        **layer_options,
     )
     prior = UniformInterval(0.0, 1.0, dim=zmatrix.n_internal)
     return BoltzmannGenerator(prior, SequentialFlow([couplings, marginals, internal]), target)

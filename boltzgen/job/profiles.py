@@ -80,3 +80,34 @@ def get_profile(name: str) -> RunProfile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; available: {', '.join(PROFILES)}") from None
+
+
+#: Loss terms of ``boltzgen run --loss``.
+LOSS_TERMS = ("nll", "fm", "kl")
+
+
+def loss_weights(spec: str | None, profile: RunProfile) -> dict[str, float]:
+    """Weights ``{"nll", "fm", "kl"}`` from a ``--loss`` spec such as ``"nll,fm,kl"`` or
+    ``"nll=1,fm=3,kl=0.1"``: listed terms without a weight take the profile's (nll 1,
+    fm ``force_weight``, kl ``kl_weight``), terms not listed get 0. None: the profile's recipe
+    (all three). The reverse KL only enters the second training stage.
+    """
+    defaults = {"nll": 1.0, "fm": profile.force_weight, "kl": profile.kl_weight}
+    if spec is None:
+        return defaults
+    weights = dict.fromkeys(LOSS_TERMS, 0.0)
+    for item in (part.strip() for part in spec.split(",")):
+        name, _, value = item.partition("=")
+        name = name.strip().lower()
+        if name not in LOSS_TERMS:
+            raise ValueError(f"unknown loss term {name!r} in --loss {spec!r}; terms: {', '.join(LOSS_TERMS)}")
+        try:
+            weight = float(value) if value else defaults[name]
+        except ValueError:
+            raise ValueError(f"loss weight of {name!r} must be a number, got {value!r}") from None
+        if not weight >= 0:
+            raise ValueError(f"loss weight of {name!r} must be >= 0, got {weight}")
+        weights[name] = weight
+    if weights["nll"] == 0 and weights["fm"] == 0:
+        raise ValueError(f"--loss {spec!r}: the first training stage needs nll or fm with a positive weight")
+    return weights
