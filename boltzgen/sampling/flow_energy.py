@@ -46,17 +46,22 @@ class FlowEnergy:
             outside get ``log q = -inf`` without calling ``log_prob`` on them (flows whose layers
             reject inputs outside their domain, e.g. the molecular flows: see
             `boltzgen.job.model.in_support`).
+        temperature: K at which the reduced energy ``-log q`` is read as ``U / kT`` (None: a
+            dimensionless energy). With it the flow potential drives molecular dynamics in
+            physical units (`boltzgen.dynamics`: kJ/mol = kT x reduced energy).
 
     Attributes:
         dim: D (None if unknown).
         n_evaluations: number of configurations evaluated so far (a cost counter).
     """
 
-    def __init__(self, generator, dim: Optional[int] = None, support: Optional[Callable] = None):
+    def __init__(self, generator, dim: Optional[int] = None, support: Optional[Callable] = None,
+                 temperature: Optional[float] = None):
         if not callable(getattr(generator, "log_prob", None)):
             raise TypeError(f"FlowEnergy needs an object with log_prob(x), got {type(generator).__name__}")
         self.generator = generator
         self.support = support
+        self.temperature = None if temperature is None else float(temperature)
         self.dim = int(dim) if dim is not None else _infer_dim(generator)
         self.n_evaluations = 0
 
