@@ -206,7 +206,7 @@ def n_packed_parameters(n_components: int) -> int:
 
 
 def _components_from_parameter_count(n_params: int) -> int:
-    n_components, remainder = divmod(n_params - 2, 4)
+    n_components, remainder = divmod(int(n_params) - 2, 4)  # int(): shapes are tensors under tracing
     if remainder != 0 or n_components < 1:
         raise ValueError(
             f"a smooth mixture needs 4K + 2 parameters per variable for K >= 1, got {n_params}"
