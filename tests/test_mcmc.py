@@ -19,13 +19,7 @@ def gaussian(mean, std):
     return NormalDistribution(2, mean=torch.tensor(mean, dtype=F64), std=torch.tensor(std, dtype=F64))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small batches run fastest on one thread (and the test machines' cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def seeded(seed):

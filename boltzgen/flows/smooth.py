@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from boltzgen.flows.base import SequentialFlow
 from boltzgen.flows.coupling import CouplingLayer, DimensionSet, ElementwiseTransformer
 from boltzgen.flows.root_finding import DEFAULT_N_GRID, METHODS, invert_monotone
+from boltzgen.flows.splines import circular_flags
 from boltzgen.flows.spline_stack import GOLDEN_SHIFT, coupling_stack, masked_coupling_layer
 
 DEFAULT_N_COMPONENTS = 8
@@ -371,17 +372,6 @@ def circular_smooth_mixture(
 # --- the transformer ----------------------------------------------------------------------------
 
 
-def _circular_flags(circular: Union[Sequence[bool], torch.Tensor]) -> torch.Tensor:
-    flags = torch.as_tensor(circular)
-    if flags.dim() != 1 or flags.numel() == 0:
-        raise ValueError(f"circular must be a non-empty 1-D sequence of flags, got {circular!r}")
-    if flags.dtype != torch.bool:
-        if not ((flags == 0) | (flags == 1)).all():
-            raise ValueError(f"circular must contain booleans, got {flags.tolist()}")
-        flags = flags.bool()
-    return flags
-
-
 class SmoothMixtureTransformer(ElementwiseTransformer):
     """Element-wise smooth mixtures on [0, 1], circular or interval per variable.
 
@@ -417,7 +407,7 @@ class SmoothMixtureTransformer(ElementwiseTransformer):
         tolerance: float = DEFAULT_INTERVAL_TOLERANCE,
     ):
         super().__init__()
-        flags = _circular_flags(circular)
+        flags = circular_flags(circular)
         if isinstance(n_components, bool) or int(n_components) != n_components or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
         if analytic not in ANALYTIC_DIRECTIONS:

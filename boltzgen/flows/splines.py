@@ -259,7 +259,7 @@ def circular_spline(
     return torch.remainder(y, 1.0), log_derivative
 
 
-def _circular_flags(circular: Union[Sequence[bool], torch.Tensor]) -> torch.Tensor:
+def circular_flags(circular: Union[Sequence[bool], torch.Tensor]) -> torch.Tensor:
     flags = torch.as_tensor(circular)
     if flags.dim() != 1 or flags.numel() == 0:
         raise ValueError(f"circular must be a non-empty 1-D sequence of flags, got {circular!r}")
@@ -295,7 +295,7 @@ class RationalQuadraticSpline(ElementwiseTransformer):
         tolerance: float = DEFAULT_INTERVAL_TOLERANCE,
     ):
         super().__init__()
-        flags = _circular_flags(circular)
+        flags = circular_flags(circular)
         if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
             raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
         if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:

@@ -1,0 +1,286 @@
+"""Temperature-change flows: the loss and its training, LFEP / BAR estimates, MBAR over a temperature ladder.
+
+The exact case: a d-dimensional harmonic oscillator ``U = |x|^2 / 2`` at "temperatures" T (kT = T,
+dimensionless), ``Z_T = (2 pi T)^(d/2)``, so ``dF = F_T - F_B = -(d/2) log(T_T / T_B)`` and the map
+``x -> sqrt(T_T / T_B) x`` carries p_B exactly onto p_T (every work equals dF).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from boltzgen.analysis.perturbation import bar, lfep
+from boltzgen.analysis.temperature_ladder import (
+    mbar_temperature_ladder,
+    reduced_potentials,
+    run_temperature_ladder,
+    temperature_ladder,
+)
+from boltzgen.errors import BoltzgenError
+from boltzgen.flows.base import Flow
+from boltzgen.sampling.weights import ess
+from boltzgen.train.temperature_change import (
+    base_to_target_loss,
+    forward_works,
+    reverse_works,
+    train_temperature_change,
+)
+from boltzgen.units import kt_kj_per_mol
+
+D, T_BASE, T_TARGET = 4, 2.5, 1.0
+EXACT_DF = -(D / 2) * math.log(T_TARGET / T_BASE)
+OPTIMAL_LOG_SCALE = 0.5 * math.log(T_TARGET / T_BASE)
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class ScaleFlow(Flow):
+    """``y = exp(s) * x`` with a learnable per-dimension log scale ``s`` ``[D]``."""
+
+    def __init__(self, dim: int, log_scale: float = 0.0):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.full((dim,), float(log_scale), dtype=torch.float64))
+
+    def _forward(self, x, context=None):
+        return x * torch.exp(self.log_scale), self.log_scale.sum().expand(x.shape[0])
+
+    def _inverse(self, y, context=None):
+        return y * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(y.shape[0])
+
+
+def harmonic(temperature: float):
+    """Reduced energy ``|x|^2 / (2 T)`` ``[B, D] -> [B]``."""
+    return lambda x: 0.5 * (x**2).sum(-1) / temperature
+
+
+def samples(temperature: float, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return math.sqrt(temperature) * torch.randn(n, D, generator=gen, dtype=torch.float64)
+
+
+def works(flow: Flow, n_base: int, n_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = samples(T_BASE, n_base, seed), samples(T_TARGET, n_target, seed + 1)
+    w_f = forward_works(flow, x, harmonic(T_BASE)(x), harmonic(T_TARGET))
+    w_r = reverse_works(flow, y, harmonic(T_TARGET)(y), harmonic(T_BASE))
+    return w_f, w_r
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) exact harmonic case: LFEP and BAR
+# ---------------------------------------------------------------------------------------------
+
+
+def test_identity_flow_lfep_and_bar_recover_the_exact_temperature_change():
+    w_f, w_r = works(ScaleFlow(D), 10_000, 10_000, seed=0)
+    df, err = lfep(-w_f)
+    assert 0 < err < 0.05
+    assert abs(df - EXACT_DF) < 4 * err
+    # (reverse FEP alone, -log mean exp(-W_R), has infinite variance here: cooling -> heating)
+    df_bar, err_bar = bar(w_f, w_r)
+    assert 0 < err_bar < err  # BAR uses both ensembles: smaller error than one-sided FEP
+    assert abs(df_bar - EXACT_DF) < 4 * err_bar
+    # identity flow: ESS below 1 (per dimension sqrt(a(2b - a))/b with a = 1/T_B, b = 1/T_T)
+    expected_ess = (math.sqrt((1 / T_BASE) * (2 / T_TARGET - 1 / T_BASE)) * T_TARGET) ** D
+    assert abs(ess(-w_f) - expected_ess) < 0.05
+
+
+def test_optimal_scaling_flow_gives_constant_works_exact_df_and_unit_ess():
+    flow = ScaleFlow(D, OPTIMAL_LOG_SCALE)
+    w_f, w_r = works(flow, 2000, 1000, seed=3)
+    assert torch.allclose(w_f, torch.full_like(w_f, EXACT_DF), atol=1e-12)
+    assert torch.allclose(w_r, torch.full_like(w_r, -EXACT_DF), atol=1e-12)
+    df, err = lfep(-w_f)
+    assert df == pytest.approx(EXACT_DF, abs=1e-12) and err < 1e-12
+    assert ess(-w_f) == pytest.approx(1.0, abs=1e-12)
+    df_bar, err_bar = bar(w_f, w_r)
+    assert df_bar == pytest.approx(EXACT_DF, abs=1e-9) and err_bar < 1e-9
+
+
+def test_loss_is_the_mean_work_and_an_upper_bound_on_df():
+    x = samples(T_BASE, 5000, seed=5)
+    u_b = harmonic(T_BASE)(x)
+    for log_scale in (0.0, OPTIMAL_LOG_SCALE, -1.0):
+        flow = ScaleFlow(D, log_scale)
+        loss, diag = base_to_target_loss(flow, x, u_b, harmonic(T_TARGET))
+        loss = float(loss.detach())
+        assert loss == pytest.approx(float(forward_works(flow, x, u_b, harmonic(T_TARGET)).mean()), rel=1e-12)
+        assert diag.mean_work == pytest.approx(loss, rel=1e-12)
+        assert diag.n_cut == 0
+        # analytic E_B[W_F] = d (s^2 T_B / (2 T_T) - 1/2 - log s) >= dF, equality at the optimum
+        s2 = math.exp(2 * log_scale)
+        expected = D * (s2 * T_BASE / (2 * T_TARGET) - 0.5 - log_scale)
+        assert loss == pytest.approx(expected, abs=0.1)
+        assert loss >= EXACT_DF - 1e-9
+    # a broken target energy is cut, not propagated: finite loss, counted
+    def broken(y):
+        u = harmonic(T_TARGET)(y)
+        return torch.where(torch.arange(len(u)) % 10 == 0, torch.full_like(u, math.nan), u)
+
+    loss, diag = base_to_target_loss(ScaleFlow(D), x, u_b, broken)
+    assert torch.isfinite(loss) and diag.n_cut == 500
+    assert diag.ess < 0.95 and torch.isinf(diag.works).sum() == 500
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) training reaches the optimal map
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_a_scale_flow_reaches_the_optimal_scale_and_unit_ess():
+    x = samples(T_BASE, 4096, seed=7)
+    u_b = harmonic(T_BASE)(x)
+    flow = ScaleFlow(D)
+    history = train_temperature_change(
+        flow, x, u_b, harmonic(T_TARGET), n_steps=300, batch_size=256, learning_rate=0.05, seed=0,
+        log_every=50, quiet=True,
+    )
+    assert history.n_steps == 300 and history.n_skipped_steps == 0 and len(history.records) == 6
+    assert history.records[-1]["loss"] < history.records[0]["loss"]
+    assert torch.allclose(flow.log_scale.detach(), torch.full((D,), OPTIMAL_LOG_SCALE, dtype=torch.float64), atol=0.03)
+    held_out = samples(T_BASE, 4096, seed=8)
+    w_f = forward_works(flow, held_out, harmonic(T_BASE)(held_out), harmonic(T_TARGET))
+    assert ess(-w_f) > 0.99
+    df, err = lfep(-w_f)
+    assert abs(df - EXACT_DF) < max(4 * err, 1e-3)
+    # seeded: the same seed gives the same parameters
+    again = ScaleFlow(D)
+    train_temperature_change(again, x, u_b, harmonic(T_TARGET), n_steps=300, batch_size=256, learning_rate=0.05,
+                             seed=0, quiet=True)
+    assert torch.equal(again.log_scale, flow.log_scale)
+
+
+def test_training_skips_non_finite_steps_and_stops_when_diverged():
+    class NaNFlow(ScaleFlow):
+        def _forward(self, x, context=None):
+            y, logdet = super()._forward(x, context)
+            return y, logdet * math.nan
+
+    x = samples(T_BASE, 256, seed=9)
+    flow = NaNFlow(D)
+    with pytest.raises(BoltzgenError, match="diverged"):
+        train_temperature_change(flow, x, harmonic(T_BASE)(x), harmonic(T_TARGET), n_steps=50, batch_size=32,
+                                 learning_rate=0.01, seed=0, max_consecutive_skipped_steps=5, quiet=True)
+    assert torch.equal(flow.log_scale.detach(), torch.zeros(D, dtype=torch.float64))  # never stepped
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) MBAR over a temperature ladder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_temperature_ladder_is_geometric_from_high_to_low():
+    ladder = temperature_ladder(5, 250.0, 100.0)
+    assert ladder[0] == pytest.approx(250.0) and ladder[-1] == pytest.approx(100.0)
+    ratios = ladder[1:] / ladder[:-1]
+    assert np.allclose(ratios, (100.0 / 250.0) ** 0.25)
+    with pytest.raises(ValueError):
+        temperature_ladder(1, 250.0, 100.0)
+    u = reduced_potentials([kt_kj_per_mol(300.0)], [300.0, 150.0])
+    assert u[:, 0] == pytest.approx([1.0, 2.0])
+
+
+def test_mbar_ladder_on_exact_harmonic_samples():
+    """1-D harmonic U = k x^2 / 2 (kJ/mol): Z_k ∝ sqrt(kT_k), so F_k - F_0 = -log(T_k / T_0) / 2."""
+    rng = np.random.default_rng(11)
+    k_spring = 100.0
+    temps = temperature_ladder(4, 300.0, 100.0)
+    counts = np.array([1500, 1000, 1000, 500])
+    x = np.concatenate([rng.normal(0, math.sqrt(kt_kj_per_mol(t) / k_spring), n) for t, n in zip(temps, counts)])
+    result = mbar_temperature_ladder(0.5 * k_spring * x**2, temps, counts)
+    exact = -0.5 * np.log(temps / temps[0])
+    assert result.free_energies[0] == 0.0 and result.errors[0] == 0.0
+    assert (result.errors[1:] > 0).all() and (result.errors[1:] < 0.05).all()
+    assert np.all(np.abs(result.free_energies - exact) <= 4 * result.errors + 1e-12)
+    assert (result.neighbour_overlap > 0.1).all()
+    value, error = result.difference(1, 3)
+    assert abs(value - (exact[3] - exact[1])) < 4 * error
+    with pytest.raises(ValueError, match="sum"):
+        mbar_temperature_ladder(x, temps, counts + 1)
+
+
+def test_md_ladder_reproduces_the_exact_tetrahedron_partition_functions():
+    from boltzgen.systems.rigid import tetrahedron_in_field, tetrahedron_log_partition_function
+
+    temps = temperature_ladder(3, 250.0, 100.0)
+    run = run_temperature_ladder(
+        tetrahedron_in_field(), temps, 800, stride_steps=500, equilibration_steps=2000, timestep_fs=2.0, seed=1,
+        keep_positions=True, quiet=True,
+    )
+    assert run.potential_energies_kj.shape == (2400,) and run.positions_nm.shape == (2400, 5, 3)
+    assert list(run.sample_counts) == [800, 800, 800]
+    # rigid: the C-H distances stay at 0.109 nm
+    bonds = np.linalg.norm(run.positions_nm[:, 1:] - run.positions_nm[:, :1], axis=-1)
+    assert np.allclose(bonds, 0.109, atol=1e-4)
+    result = mbar_temperature_ladder(run.potential_energies_kj, run.temperatures, run.sample_counts)
+    log_z = np.array([tetrahedron_log_partition_function(t) for t in temps])
+    exact = -(log_z - log_z[0])
+    # the analytical MBAR error assumes independent samples: widen it by sqrt(g)
+    error = result.errors * math.sqrt(run.statistical_inefficiency.max())
+    assert (run.statistical_inefficiency < 5).all()
+    assert np.all(np.abs(result.free_energies - exact) <= 4 * error + 1e-12)
+    # seeded: the same seed reproduces the energies (Reference platform)
+    again = run_temperature_ladder(tetrahedron_in_field(), temps[:1], 20, stride_steps=500, equilibration_steps=2000,
+                                   timestep_fs=2.0, seed=1, quiet=True)
+    assert np.array_equal(again.potential_energies_kj, run.potential_energies_kj[:20])
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) sign conventions and bootstrap errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sign_conventions_and_agreement_with_pymbar():
+    c = -669.711
+    w_f, w_r = np.full(50, c), np.full(70, -c)
+    assert lfep(-w_f).value == pytest.approx(c, abs=1e-9)
+    assert bar(w_f, w_r).value == pytest.approx(c, abs=1e-9)
+    assert bar(w_r, w_f).value == pytest.approx(-c, abs=1e-9)
+    # huge offsets: works of hundreds of kT around dF are solved in float64 without overflow
+    w_f, w_r = works(ScaleFlow(D), 3000, 2000, seed=21)
+    shift = -669.0
+    df, _ = bar(w_f + shift, w_r - shift, n_bootstrap=0)
+    df0, _ = bar(w_f, w_r, n_bootstrap=0)
+    assert df == pytest.approx(df0 + shift, abs=1e-8)
+    # antisymmetry under exchanging the roles of the ensembles
+    assert bar(w_r, w_f, n_bootstrap=0).value == pytest.approx(-df0, abs=1e-9)
+    # pymbar's BAR, same convention, unequal sample counts
+    logging.getLogger("pymbar").setLevel(logging.ERROR)
+    from pymbar.other_estimators import bar as pymbar_bar
+
+    reference = pymbar_bar(w_f.numpy(), w_r.numpy(), compute_uncertainty=True)
+    assert df0 == pytest.approx(reference["Delta_f"], abs=1e-7)
+    _, err = bar(w_f, w_r, n_bootstrap=300, seed=2)
+    assert 0.7 < err / reference["dDelta_f"] < 1.4
+    # a zero-weight sample (+inf work / -inf log weight) counts in N
+    log_w = -w_f.numpy()
+    with_dropped = np.append(log_w, -np.inf)
+    assert lfep(with_dropped, n_bootstrap=0).value == pytest.approx(
+        lfep(log_w, n_bootstrap=0).value + math.log((log_w.size + 1) / log_w.size), abs=1e-12
+    )
+    assert math.isfinite(bar(np.append(w_f.numpy(), np.inf), w_r, n_bootstrap=0).value)
+    with pytest.raises(ValueError):
+        bar(np.array([np.nan, 1.0]), w_r)
+    with pytest.raises(ValueError):
+        lfep(np.array([np.inf, 1.0]))
+    assert lfep(np.full(5, -np.inf)).value == math.inf
+
+
+def test_bootstrap_errors_match_the_spread_of_repeated_estimates():
+    lfep_values, lfep_errors, bar_values, bar_errors = [], [], [], []
+    for repeat in range(50):
+        w_f, w_r = works(ScaleFlow(D), 400, 400, seed=1000 + 2 * repeat)
+        value, error = lfep(-w_f, n_bootstrap=100, seed=repeat)
+        lfep_values.append(value), lfep_errors.append(error)
+        value, error = bar(w_f, w_r, n_bootstrap=100, seed=repeat)
+        bar_values.append(value), bar_errors.append(error)
+    for values, errors in ((lfep_values, lfep_errors), (bar_values, bar_errors)):
+        spread = np.std(values, ddof=1)
+        assert 0.5 < np.mean(errors) / spread < 2.0
+        # and the estimates scatter around the exact value (mean within 4 standard errors)
+        assert abs(np.mean(values) - EXACT_DF) < 4 * spread / math.sqrt(len(values)) + 0.01
