@@ -2,7 +2,8 @@
 
 from boltzgen.distributions.base import Distribution
 from boltzgen.distributions.normal import NormalDistribution
+from boltzgen.distributions.product import ProductDistribution
 from boltzgen.distributions.rotations import UniformS3
 from boltzgen.distributions.uniform import UniformInterval, UniformTorus
 
-__all__ = ["Distribution", "NormalDistribution", "UniformInterval", "UniformS3", "UniformTorus"]
+__all__ = ["Distribution", "NormalDistribution", "ProductDistribution", "UniformInterval", "UniformS3", "UniformTorus"]

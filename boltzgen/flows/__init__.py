@@ -19,6 +19,14 @@ from boltzgen.flows.quaternions import (
     rotation_matrix_to_quaternion,
     sign_invariant_features,
 )
+from boltzgen.flows.rigid_flow import (
+    MoleculeAttentionConditioner,
+    RigidCoordinateLayer,
+    RigidLatentLayout,
+    rigid_coupling_flow,
+    rigid_generator,
+    uniform_rigid_prior,
+)
 from boltzgen.flows.root_finding import invert_monotone, solve_monotone
 from boltzgen.flows.shifts import CircularShift
 from boltzgen.flows.smooth import (
@@ -89,4 +97,10 @@ __all__ = [
     "quaternion_to_rotation_matrix",
     "rotation_matrix_to_quaternion",
     "sign_invariant_features",
+    "MoleculeAttentionConditioner",
+    "RigidCoordinateLayer",
+    "RigidLatentLayout",
+    "rigid_coupling_flow",
+    "rigid_generator",
+    "uniform_rigid_prior",
 ]
