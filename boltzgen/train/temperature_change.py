@@ -1,0 +1,312 @@
+"""Temperature-change training: a flow from MD samples at a high temperature to a lower one.
+
+The rigid-body-flow paper (Köhler et al. 2023, METHODS.md §4) learns a map ``f`` that carries
+samples of the base ensemble ``p_B ∝ exp(-u_B)`` (MD at the high temperature T_B) into the target
+ensemble ``p_T ∝ exp(-u_T)`` (the low temperature T_T), with ``u_B = U / kT_B`` and
+``u_T = U / kT_T`` for one potential U. Everything is in reduced units (kT of the state in
+question; nats for the log-Jacobian), free energies are reduced, ``F = -log Z``.
+
+Sign conventions (shared with `boltzgen.analysis.perturbation`):
+
+- forward work of a base sample ``x ~ p_B``: ``W_F(x) = u_T(f(x)) - u_B(x) - log|det J_f(x)|``;
+- reverse work of a target sample ``y ~ p_T``: ``W_R(y) = u_B(f^-1(y)) - u_T(y) - log|det J_f^-1(y)|``;
+- ``dF = F_T - F_B = -log(Z_T / Z_B)``; ``E_B[exp(-W_F)] = Z_T / Z_B`` and ``E_T[exp(-W_R)] = Z_B / Z_T``;
+- the loss ``E_B[W_F] = KL(f#p_B || p_T) + dF >= dF`` is an upper bound on dF (Jensen), with
+  equality exactly when ``f`` pushes p_B onto p_T (then every work equals dF and the ESS is 1).
+
+The log weights of the pushed-forward samples are ``log w = -W_F``; ``-log mean(w)`` is the
+learned free-energy perturbation (LFEP) estimate of dF (`boltzgen.analysis.perturbation.lfep`).
+
+The loss is a function of a batch of fixed base samples (no sampling from the model), so
+`boltzgen.train.trainer.Trainer` (which draws its KL batches from the generator's prior) cannot
+host it; :func:`train_temperature_change` is a small loop with the Trainer's conventions: Adam,
+the learning-rate schedule of a `TrainingStage` (warm-up, cosine decay), gradient clipping by norm,
+non-finite steps skipped and counted (too many in a row raise), a seeded batch stream and a
+progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from boltzgen.errors import BoltzgenError
+from boltzgen.flows.base import Flow
+from boltzgen.progress import progress_bar
+from boltzgen.sampling.weights import ess
+from boltzgen.train.losses import LinLogCut
+from boltzgen.train.trainer import TrainingStage
+
+#: A reduced energy: configurations ``[B, D]`` -> energies ``[B]`` in kT (an `Energy` qualifies).
+ReducedEnergy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TemperatureChangeDiagnostics:
+    """Per-batch diagnostics of :func:`base_to_target_loss` (detached).
+
+    Attributes:
+        works: uncut forward works ``W_F`` ``[B]`` float64 (kT_T units, +inf where ``u_T`` or the
+            log-determinant was not finite).
+        n_cut: samples whose target energy was above ``cut.high`` or not finite (they enter the loss
+            through the lin-log cut) plus those dropped for a non-finite log-determinant.
+        mean_target_energy: mean of the finite ``u_T(f(x))`` (kT_T).
+        mean_work: mean of the finite works (kT): the uncut loss.
+        ess: Kish ESS (normalised, in [0, 1]) of the log weights ``-W_F`` of this batch.
+    """
+
+    works: torch.Tensor
+    n_cut: int
+    mean_target_energy: float
+    mean_work: float
+    ess: float
+
+
+def _reduced_energy(target: ReducedEnergy, y: torch.Tensor) -> torch.Tensor:
+    u = target(y)
+    if u.shape != y.shape[:1]:
+        raise ValueError(f"the target energy must return shape [{y.shape[0]}], got {list(u.shape)}")
+    return u
+
+
+def base_to_target_loss(
+    flow: Flow,
+    x_base: torch.Tensor,
+    u_base: torch.Tensor,
+    target: ReducedEnergy,
+    cut: LinLogCut = LinLogCut(),
+    context: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, TemperatureChangeDiagnostics]:
+    """Mean forward work ``mean_b [cut(u_T(f(x_b))) - u_B(x_b) - log|det J_f(x_b)|]`` (differentiable).
+
+    Args:
+        flow: the map ``f`` (``forward(x) -> (y, logdet [B])``), in whatever representation it
+            takes; ``target`` takes its output.
+        x_base: base-ensemble samples ``[B, D_in]``.
+        u_base: their reduced base energies ``u_B(x) = U(x) / kT_B`` ``[B]`` (kT_B), precomputed;
+            they carry no gradient and shift the loss by a constant, but make it an estimate of dF.
+        target: reduced target energy ``u_T`` (``[B, D_out]`` -> ``[B]``, kT_T), e.g. an `Energy`
+            at the target temperature.
+        cut: lin-log regulariser of ``u_T`` (`boltzgen.train.losses.LinLogCut`).
+        context: optional flow context ``[B, C]``.
+
+    Returns:
+        ``(loss, diagnostics)``: the scalar loss (an upper bound on dF = F_T - F_B in kT, up to the
+        cut) and `TemperatureChangeDiagnostics`. Samples with a non-finite log-determinant leave
+        the average (counted in ``n_cut``); if none is usable the loss is ``+inf``.
+    """
+    if x_base.dim() != 2:
+        raise ValueError(f"x_base must be [B, D], got {list(x_base.shape)}")
+    u_base = torch.as_tensor(u_base, device=x_base.device).reshape(-1)
+    if u_base.shape[0] != x_base.shape[0]:
+        raise ValueError(f"u_base has {u_base.shape[0]} entries for {x_base.shape[0]} samples")
+    y, logdet = flow(x_base, context=context)
+    u_target = _reduced_energy(target, y)
+    u_base = u_base.to(u_target.dtype).detach()
+    usable = torch.isfinite(logdet.detach())
+    finite = torch.isfinite(u_target.detach())
+    n_cut = int((~finite | (u_target.detach() >= cut.high)).sum()) + int((~usable & finite).sum())
+    with torch.no_grad():
+        works = (u_target.double() - u_base.double() - logdet.double()).detach()
+        works = torch.where(torch.isfinite(works), works, torch.full_like(works, math.inf))
+        finite_works = works[torch.isfinite(works)]
+        mean_work = float(finite_works.mean()) if finite_works.numel() else math.inf
+        mean_target_energy = float(u_target.detach()[finite].double().mean()) if finite.any() else math.inf
+        batch_ess = ess(torch.where(torch.isfinite(works), -works, torch.full_like(works, -math.inf)))
+    diagnostics = TemperatureChangeDiagnostics(works, n_cut, mean_target_energy, mean_work, batch_ess)
+    terms = cut(u_target) - u_base - logdet
+    if not bool(usable.all()):
+        if not bool(usable.any()):
+            return terms.new_tensor(math.inf), diagnostics
+        terms = terms[usable]
+    return terms.mean(), diagnostics
+
+
+@torch.no_grad()
+def forward_works(
+    flow: Flow,
+    x_base: torch.Tensor,
+    u_base: torch.Tensor,
+    target: ReducedEnergy,
+    batch_size: int = 1024,
+    context: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Forward works ``W_F = u_T(f(x)) - u_B(x) - log|det J_f(x)|`` ``[N]`` float64 (kT), no cut.
+
+    ``x_base`` ``[N, D_in]`` are base samples with reduced base energies ``u_base`` ``[N]``; the
+    log weights of the pushed-forward samples are ``-W_F`` (+inf works, i.e. zero weights, where an
+    evaluation failed). Feed them to `boltzgen.analysis.perturbation.lfep` / ``bar``.
+    """
+    u_base = torch.as_tensor(u_base).reshape(-1)
+    if u_base.shape[0] != x_base.shape[0]:
+        raise ValueError(f"u_base has {u_base.shape[0]} entries for {x_base.shape[0]} samples")
+    out = []
+    for start in range(0, x_base.shape[0], batch_size):
+        stop = start + batch_size
+        y, logdet = flow(x_base[start:stop], context=None if context is None else context[start:stop])
+        u_target = _reduced_energy(target, y)
+        out.append(u_target.double() - u_base[start:stop].to(u_target.device).double() - logdet.double())
+    works = torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
+    return torch.where(torch.isfinite(works), works, torch.full_like(works, math.inf))
+
+
+@torch.no_grad()
+def reverse_works(
+    flow: Flow,
+    y_target: torch.Tensor,
+    u_target: torch.Tensor,
+    base: ReducedEnergy,
+    batch_size: int = 1024,
+    context: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reverse works ``W_R = u_B(f^-1(y)) - u_T(y) - log|det J_f^-1(y)|`` ``[N]`` float64 (kT).
+
+    ``y_target`` ``[N, D_out]`` are target-ensemble samples (e.g. MD at T_T) with reduced target
+    energies ``u_target`` ``[N]``; ``base`` is the reduced base energy ``u_B`` on the flow's input
+    representation. +inf where an evaluation failed.
+    """
+    u_target = torch.as_tensor(u_target).reshape(-1)
+    if u_target.shape[0] != y_target.shape[0]:
+        raise ValueError(f"u_target has {u_target.shape[0]} entries for {y_target.shape[0]} samples")
+    out = []
+    for start in range(0, y_target.shape[0], batch_size):
+        stop = start + batch_size
+        x, logdet = flow.inverse(y_target[start:stop], context=None if context is None else context[start:stop])
+        u_base = _reduced_energy(base, x)
+        out.append(u_base.double() - u_target[start:stop].to(u_base.device).double() - logdet.double())
+    works = torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
+    return torch.where(torch.isfinite(works), works, torch.full_like(works, math.inf))
+
+
+@dataclass
+class TemperatureChangeHistory:
+    """Result of :func:`train_temperature_change`.
+
+    Attributes:
+        records: one dict every ``log_every`` steps and at the last step: ``step``, ``lr``,
+            ``loss`` (the cut loss, kT), ``mean_work`` (uncut, kT), ``ess`` (batch ESS),
+            ``n_energy_cut``, ``mean_target_energy_kT``, ``grad_norm``; or ``skipped: True``.
+        n_steps: optimizer steps attempted.
+        n_skipped_steps: steps skipped for a non-finite loss or gradient.
+        n_energy_evaluations: target-energy evaluations (samples pushed through the flow).
+        wall_s: seconds spent.
+    """
+
+    records: list[dict] = field(default_factory=list)
+    n_steps: int = 0
+    n_skipped_steps: int = 0
+    n_energy_evaluations: int = 0
+    wall_s: float = 0.0
+
+
+def train_temperature_change(
+    flow: Flow,
+    base_samples: torch.Tensor,
+    base_energies: torch.Tensor,
+    target: ReducedEnergy,
+    n_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    *,
+    warmup_steps: int = 0,
+    final_lr_fraction: float = 0.02,
+    grad_clip_norm: float = 1e3,
+    weight_decay: float = 0.0,
+    cut: LinLogCut = LinLogCut(),
+    log_every: int = 50,
+    max_consecutive_skipped_steps: int = 100,
+    quiet: bool = False,
+) -> TemperatureChangeHistory:
+    """Minimise :func:`base_to_target_loss` over minibatches of fixed base samples.
+
+    Args:
+        flow: the map base -> target (trained in place, on the device of its parameters).
+        base_samples: base-ensemble samples ``[M, D_in]`` (e.g. MD frames at T_B).
+        base_energies: their reduced base energies ``u_B`` ``[M]`` (kT_B).
+        target: reduced target energy ``u_T`` on the flow's output (kT_T).
+        n_steps: optimizer steps.
+        batch_size: base samples per step, drawn with replacement.
+        learning_rate: peak Adam learning rate; linear warm-up over ``warmup_steps``, then cosine
+            decay to ``learning_rate * final_lr_fraction`` (`TrainingStage.learning_rate_at`).
+        seed: seeds the minibatch stream (a CPU ``torch.Generator``); the flow's initialisation is
+            the caller's.
+        grad_clip_norm: gradient norm clip; weight_decay: Adam's.
+        cut: lin-log cut of the target energy.
+        log_every: history record interval (steps).
+        max_consecutive_skipped_steps: raise `BoltzgenError` after this many non-finite steps in a row.
+        quiet: no progress bar.
+
+    Returns:
+        `TemperatureChangeHistory`; the flow is left in eval mode.
+    """
+    if base_samples.dim() != 2 or base_samples.shape[0] == 0:
+        raise ValueError(f"base_samples must be a non-empty [M, D] tensor, got {list(base_samples.shape)}")
+    base_energies = torch.as_tensor(base_energies).reshape(-1)
+    if base_energies.shape[0] != base_samples.shape[0]:
+        raise ValueError(f"base_energies has {base_energies.shape[0]} entries for {base_samples.shape[0]} samples")
+    if not torch.isfinite(base_energies).all():
+        raise ValueError("base_energies must be finite (they are MD samples of the base ensemble)")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every!r}")
+    schedule = TrainingStage(
+        name="temperature_change", n_steps=n_steps, nll_weight=0.0, kl_weight=1.0, learning_rate=learning_rate,
+        batch_size=batch_size, kl_batch_size=batch_size, warmup_steps=warmup_steps,
+        final_lr_fraction=final_lr_fraction,
+    )
+    parameters = [p for p in flow.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the flow has no trainable parameters")
+    device = parameters[0].device
+    base_samples = base_samples.to(device)
+    base_energies = base_energies.to(device)
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay)
+    batches = torch.Generator(device="cpu").manual_seed(int(seed))
+    history = TemperatureChangeHistory()
+    consecutive_skips = 0
+    start = time.perf_counter()
+    flow.train()
+    with progress_bar(n_steps, desc="temperature change", unit="step", quiet=quiet) as bar:
+        for step in range(n_steps):
+            lr = schedule.learning_rate_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, base_samples.shape[0], (batch_size,), generator=batches).to(device)
+            loss, diag = base_to_target_loss(flow, base_samples[idx], base_energies[idx], target, cut)
+            history.n_energy_evaluations += batch_size
+            optimizer.zero_grad(set_to_none=True)
+            record: dict = {"step": step + 1, "lr": lr}
+            grad_norm = None
+            if torch.isfinite(loss):
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
+            if grad_norm is None or not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                history.n_skipped_steps += 1
+                consecutive_skips += 1
+                record["skipped"] = True
+                if consecutive_skips >= max_consecutive_skipped_steps:
+                    raise BoltzgenError(
+                        f"temperature-change training diverged: {consecutive_skips} consecutive steps with a "
+                        f"non-finite loss or gradient (up to step {step + 1}); lower the learning rate or "
+                        "check the base samples and energies"
+                    )
+            else:
+                optimizer.step()
+                consecutive_skips = 0
+                record.update(
+                    loss=float(loss.detach()), mean_work=diag.mean_work, ess=diag.ess, n_energy_cut=diag.n_cut,
+                    mean_target_energy_kT=diag.mean_target_energy, grad_norm=float(grad_norm),
+                )
+            history.n_steps += 1
+            bar.update(1)
+            if (step + 1) % log_every == 0 or step + 1 == n_steps:
+                history.records.append(record)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "ess")})
+    history.wall_s = time.perf_counter() - start
+    flow.eval()
+    return history
