@@ -133,13 +133,20 @@ def mbar_temperature_ladder(
     if uncertainty not in ("analytical", "bootstrap"):
         raise ValueError(f"uncertainty must be 'analytical' or 'bootstrap', got {uncertainty!r}")
     pymbar = _pymbar()
-    u_kn = reduced_potentials(energies, temperatures)
+    # pymbar starts its solver from f_k = 0 and fails to converge when the reduced free energies
+    # differ by hundreds of kT (ice XI from 250 to 100 K: ~670). Shifting U by a constant U0 shifts
+    # each reduced free energy exactly by -U0 / kT_k; with U0 = mean(U) the differences are a few
+    # kT. The shift is added back below (it carries no uncertainty).
+    shift = float(energies.mean())
+    u_kn = reduced_potentials(energies - shift, temperatures)
     bootstrap = uncertainty == "bootstrap"
     mbar = pymbar.MBAR(
         u_kn, counts, n_bootstraps=int(n_bootstrap) if bootstrap else 0, rseed=int(seed) if bootstrap else None
     )
     result = mbar.compute_free_energy_differences(uncertainty_method="bootstrap" if bootstrap else None)
     delta, d_delta = np.asarray(result["Delta_f"]), np.asarray(result["dDelta_f"])
+    beta = 1.0 / np.array([kt_kj_per_mol(t) for t in temperatures])
+    delta = delta + shift * (beta[None, :] - beta[:, None])
     overlap = np.asarray(mbar.compute_overlap()["matrix"])
     k = np.arange(temperatures.size - 1)
     return LadderFreeEnergies(

@@ -530,8 +530,9 @@ def rigid_coupling_flow(
             checkerboard halves of the ``(molecule, axis)`` grid; none when K = 1), (b) rotation
             couplings: two (even / odd molecules) when K > 1, one on the single quaternion
             (with learned constant parameters) when K = 1, and (c) with ``"spline"`` positions and
-            ``shift_positions``, a fixed random `CircularShift` of the positions (moves the
-            splines' knot at 0 between blocks).
+            ``shift_positions``, a fixed random `CircularShift` of the positions between blocks
+            (moves the splines' knot at 0), undone by one last shift so that the whole flow
+            starts as (nearly) the identity.
         hidden: hidden widths of the MLP conditioners.
         position_transformer: ``"spline"`` (circular RQ splines, ``n_bins`` bins) or
             ``"mobius"`` (circle Möbius maps).
@@ -557,6 +558,7 @@ def rigid_coupling_flow(
     generator = torch.Generator().manual_seed(seed)
     common = dict(conditioner=conditioner, hidden=hidden, activation=activation, attention=attention)
     layers: list[Flow] = []
+    total_offset = torch.zeros(layout.n_position_dims, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for block in range(int(n_blocks)):
@@ -573,9 +575,13 @@ def rigid_coupling_flow(
                 layers.append(rigid_rotation_coupling(
                     layout, molecules, init_radius=rotation_init_radius, generator=generator, **common
                 ))
-            if layout.n_free and position_transformer == "spline" and shift_positions:
+            if layout.n_free and position_transformer == "spline" and shift_positions and block < n_blocks - 1:
                 offsets = torch.rand(layout.n_position_dims, generator=generator, dtype=torch.float64)
+                total_offset = total_offset + offsets
                 layers.append(CircularShift(layout.circular_mask(), offsets.to(torch.get_default_dtype())))
+    if bool((total_offset % 1.0 != 0).any()):
+        # undo the accumulated shifts: the whole flow starts as (nearly) the identity map
+        layers.append(CircularShift(layout.circular_mask(), (-total_offset % 1.0).to(torch.get_default_dtype())))
     return SequentialFlow(layers)
 
 

@@ -1,0 +1,549 @@
+"""Ice XI (16 rigid TIP4P/Ew waters): a rigid-body flow from 250 K to 100 K, against MBAR.
+
+The temperature-change benchmark of the rigid-body-flow paper (Köhler, Invernizzi, de Haan, Noé
+2023; METHODS.md §4). Protocol:
+
+1. **Base samples**: Langevin MD of `systems.rigid.ice_xi_tip4pew_16` (PME, the paper's system;
+   ``--electrostatics reaction_field`` for the cut-off variant) at 250 K, frames every
+   ``--stride`` steps after ``--equilibration`` steps, from independent runs of at most
+   ``--md-chunk`` frames each (run in parallel, ``--md-workers``). One set of runs trains the flow
+   (``--train-frames``), an independent one evaluates it (``--eval-frames``). Each frame is
+   converted to rigid coordinates and back (`boltzgen.rigid.RigidBodySystem`: positions of the
+   16 molecules + unit quaternions), which makes it exactly rigid, and its reduced energy is
+   recomputed there by the energy used for training (the MD energies are only a cross-check).
+2. **Flow**: ``f = L o g o L^-1`` on Cartesian positions, where ``L`` is
+   `boltzgen.flows.RigidCoordinateLayer` (rigid latent space -> Cartesian nm) and ``g`` the
+   coupling flow `boltzgen.flows.rigid_coupling_flow` on (box fractions of molecules 1..15, 16
+   quaternions). Log-det bookkeeping: ``L`` has the constant log-det ``C`` (fractions -> nm,
+   S^3 -> Haar, removed translation), so ``log|J_f| = -C + log|J_g| + C = log|J_g|``. The
+   constant cancels because base and target densities live in the same space: both ensembles
+   are densities ``exp(-u) / Z`` on the same rigid configuration manifold with the same reference
+   measure, and ``C`` would shift ``log Z_100`` and ``log Z_250`` alike. The forward work of a
+   base frame ``x`` is therefore ``W_F = u_100(f(x)) - u_250(x) - log|J_g(L^-1 x)|`` with
+   ``u_T = U / kT`` (kT_100 resp. kT_250) and the flow is trained by
+   `boltzgen.train.train_temperature_change` (loss ``E_250[W_F] >= dF``).
+3. **Estimates** on the held-out base frames: LFEP ``dF = F_100 - F_250 = -log mean exp(-W_F)``
+   with a bootstrap error, the ESS of the weights ``exp(-W_F)``, ``dF / N``; with MD frames at
+   100 K (``--target-frames``) also BAR from forward and reverse works
+   (`boltzgen.analysis.perturbation`). Plain FEP (``f`` = identity) is shown for comparison.
+4. **Reference**: MD on a geometric temperature ladder 250 K -> 100 K and MBAR
+   (`boltzgen.analysis.temperature_ladder`), independent of the flow's data. The number of
+   temperatures (``--ladder-temperatures``, 0 = automatic) makes the reduced-energy difference of
+   neighbours fluctuate by about ``--ladder-spacing`` kT for a harmonic crystal
+   (``std U / kT = sqrt(d / 2)``, ``d = 6N - 3``); the MBAR overlap of neighbours is reported.
+5. A table with the published numbers (ESS 23.75 %, dF/N -41.8647 kT by LFEP vs -41.8569 kT by
+   MBAR) and the targets (ESS >= 30 %, |dF/N - MBAR/N| <= 0.01 kT), and a JSON file
+   (``benchmarks/results/rigid_ice.json``) with wall times and devices.
+
+The coupling flow starts as (nearly) the identity map: a base-to-target map must (the random
+position shifts between its blocks are undone by a last shift).
+The default sizes follow the paper's configuration (noegroup/rigid-flows,
+``experiments/ice_N16_T100/config.yaml``: 10,000 base frames, 10,000 steps of 32 frames, learning
+rate 1e-3 decaying to 1e-5, 4 blocks of attention couplings).
+
+MD frames, the MBAR reference and the trained flow are written to ``--work-dir`` (default
+``out/rigid_ice``, git-ignored) with the settings that produced them; a rerun with the same
+settings reuses them. ``--smoke`` runs the whole pipeline with tiny settings (under a minute on
+two CPU cores; the numbers mean nothing) into ``out/rigid_ice_smoke``. A real run wants a GPU for
+the flow and a dozen CPU cores for the MD (``--md-workers``) and the OpenMM energies.
+
+    python benchmarks/rigid_ice.py [--smoke] [--device cuda] [--md-workers 16] [--steps 10000] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform as platform_module
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boltzgen.io import write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_JSON = REPO / "benchmarks" / "results" / "rigid_ice.json"
+N_MOLECULES = 16
+#: Published numbers (Köhler et al. 2023, ice XI N = 16, 250 K -> 100 K; noegroup/rigid-flows
+#: MDdata/ice/DeltaF_estimates): ESS, LFEP dF/N, MBAR dF/N (kT), MBAR dF and its error (kT).
+PUBLISHED = {"ess": 0.2375, "lfep_df_per_molecule_kT": -41.8647, "mbar_df_per_molecule_kT": -41.8569,
+             "mbar_df_kT": -669.711, "mbar_df_err_kT": 0.054}
+#: The issue's targets: ESS >= 0.30 and |dF/N (flow) - dF/N (MBAR)| <= 0.01 kT.
+TARGETS = {"ess": 0.30, "df_per_molecule_abs_error_kT": 0.01}
+
+#: Sizes of a real run and of ``--smoke``; explicit options override them.
+PROFILES = {
+    "full": dict(
+        train_frames=10_000, eval_frames=5_000, target_frames=5_000, stride=500, equilibration=10_000,
+        timestep_fs=2.0, md_chunk=2_500, ladder_temperatures=0, ladder_samples=5_000,
+        n_blocks=4, conditioner="attention", hidden=[128, 128], attention_dim=64, attention_heads=4,
+        attention_layers=2, steps=10_000, batch_size=32, learning_rate=1e-3, final_lr_fraction=0.01,
+        warmup_steps=100, eval_batch=256,
+    ),
+    "smoke": dict(
+        train_frames=64, eval_frames=48, target_frames=32, stride=20, equilibration=200,
+        timestep_fs=2.0, md_chunk=64, ladder_temperatures=0, ladder_samples=24,
+        n_blocks=1, conditioner="attention", hidden=[32, 32], attention_dim=16, attention_heads=2,
+        attention_layers=1, steps=12, batch_size=16, learning_rate=1e-3, final_lr_fraction=0.1,
+        warmup_steps=0, eval_batch=64,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _canonical(params: dict) -> dict:
+    """``params`` as JSON would give them back (tuples -> lists, numpy -> Python)."""
+    from boltzgen.io import to_json_compatible
+
+    return json.loads(json.dumps(to_json_compatible(params), sort_keys=True))
+
+
+def _load_npz(path: Path, params: dict):
+    """The arrays of ``path`` if it exists and was written with ``params``, else None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if json.loads(str(data["params"])) != _canonical(params):
+            return None
+        return {key: data[key] for key in data.files if key != "params"}
+
+
+def _save_npz(path: Path, params: dict, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, params=json.dumps(_canonical(params), sort_keys=True), **arrays)
+    os.replace(tmp, path)
+
+
+def _seed(*parts) -> int:
+    """A seed in 0 .. 2^31 - 1 from integers and strings."""
+    words = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] % (2**31 - 1))
+
+
+def automatic_ladder_size(t_high: float, t_low: float, n_molecules: int, spacing_kT: float) -> int:
+    """Temperatures of a geometric ladder whose neighbours' reduced-energy difference
+    ``U (1/kT_k+1 - 1/kT_k)`` fluctuates by about ``spacing_kT``, for a harmonic crystal of
+    ``d = 6N - 3`` degrees of freedom (``std U / kT = sqrt(d / 2)``)."""
+    sigma = math.sqrt((6 * n_molecules - 3) / 2.0)
+    return 1 + max(1, math.ceil(math.log(t_high / t_low) / math.log(1.0 + spacing_kT / sigma)))
+
+
+# --------------------------------------------------------------------------------------------
+# MD (independent runs in worker processes)
+
+
+def _md_chunk(task: dict) -> dict:
+    """One MD run (a worker process): ``task['n_samples']`` frames at ``task['temperature']``."""
+    torch.set_num_threads(1)
+    from boltzgen.analysis.temperature_ladder import run_temperature_ladder
+    from boltzgen.systems.rigid import ice_xi_tip4pew_16
+
+    system = ice_xi_tip4pew_16(proton_order=task["proton_order"], electrostatics=task["electrostatics"])
+    start = time.perf_counter()
+    samples = run_temperature_ladder(
+        system, [task["temperature"]], task["n_samples"], stride_steps=task["stride"],
+        equilibration_steps=task["equilibration"], timestep_fs=task["timestep_fs"], platform=task["platform"],
+        seed=task["seed"], keep_positions=task["keep_positions"], quiet=True,
+    )
+    return {
+        "energies_kj": samples.potential_energies_kj,
+        "positions_nm": samples.positions_nm,
+        "g": float(samples.statistical_inefficiency[0]),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def run_md_states(states: list[dict], args, work_dir: Path) -> dict[str, dict]:
+    """MD frames of each state ``{name, temperature, n_samples, keep_positions}``, cached per state.
+
+    A state is split into independent runs of at most ``args.md_chunk`` frames (own seed and
+    equilibration), and all runs of the states not yet on disk go to ``args.md_workers`` processes.
+    Returns per state ``energies_kj [n]``, ``positions_nm [n, P, 3]`` (if kept), ``g [chunks]``,
+    ``wall_s`` (summed over its runs) and ``cached``.
+    """
+    common = dict(proton_order=args.proton_order, electrostatics=args.electrostatics, stride=args.stride,
+                  equilibration=args.equilibration, timestep_fs=args.timestep_fs, platform=args.md_platform)
+    results, pending = {}, []
+    for state in states:
+        params = dict(common, temperature=state["temperature"], n_samples=state["n_samples"],
+                      keep_positions=state["keep_positions"], md_chunk=args.md_chunk, seed=args.seed,
+                      name=state["name"])
+        path = work_dir / f"md_{state['name']}.npz"
+        cached = _load_npz(path, params)
+        if cached is not None:
+            results[state["name"]] = dict(cached, wall_s=float(cached["wall_s"]), cached=True)
+            continue
+        n_chunks = math.ceil(state["n_samples"] / args.md_chunk)
+        sizes = [len(part) for part in np.array_split(np.arange(state["n_samples"]), n_chunks)]
+        tasks = [dict(common, temperature=state["temperature"], n_samples=size, keep_positions=state["keep_positions"],
+                      seed=_seed(args.seed, state["name"], chunk)) for chunk, size in enumerate(sizes)]
+        pending.append((state, params, path, tasks))
+    all_tasks = [task for *_, tasks in pending for task in tasks]
+    if all_tasks:
+        n_workers = max(1, min(args.md_workers, len(all_tasks)))
+        print(f"MD: {len(all_tasks)} runs ({sum(t['n_samples'] for t in all_tasks)} frames, stride {args.stride} x "
+              f"{args.timestep_fs:g} fs) on {n_workers} worker(s), OpenMM platform {args.md_platform}", flush=True)
+        if n_workers == 1:
+            outputs = [_md_chunk(task) for task in all_tasks]
+        else:
+            with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+                outputs = list(pool.map(_md_chunk, all_tasks))
+        for state, params, path, tasks in pending:
+            mine, outputs = outputs[: len(tasks)], outputs[len(tasks):]
+            arrays = {
+                "energies_kj": np.concatenate([o["energies_kj"] for o in mine]),
+                "g": np.array([o["g"] for o in mine]),
+                "wall_s": np.array(sum(o["wall_s"] for o in mine)),
+            }
+            if state["keep_positions"]:
+                arrays["positions_nm"] = np.concatenate([o["positions_nm"] for o in mine])
+            _save_npz(path, params, **arrays)
+            results[state["name"]] = dict(arrays, wall_s=float(arrays["wall_s"]), cached=False)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# flow
+
+
+def build_flow(rigid, args, device, dtype):
+    """``f = L o g o L^-1`` (Cartesian -> Cartesian) and ``L`` (see the module docstring)."""
+    from boltzgen.flows import InverseFlow, RigidCoordinateLayer, SequentialFlow, rigid_coupling_flow
+
+    coordinates = RigidCoordinateLayer(rigid, measure="haar")
+    latent = rigid_coupling_flow(
+        rigid.n_molecules, n_blocks=args.n_blocks, hidden=tuple(args.hidden), conditioner=args.conditioner,
+        attention_dim=args.attention_dim, attention_heads=args.attention_heads,
+        attention_layers=args.attention_layers, seed=args.seed,
+    )
+    flow = SequentialFlow([InverseFlow(coordinates), latent, coordinates])
+    return flow.to(device=device, dtype=dtype), coordinates
+
+
+@torch.no_grad()
+def rigidify(coordinates, positions_nm: np.ndarray, batch: int = 4096) -> tuple[torch.Tensor, float]:
+    """Frames ``[n, P, 3]`` nm -> exactly rigid ``x [n, 3P]`` float64 (through the rigid coordinates
+    and back) and the largest rigidity deviation (nm rms) of the input frames."""
+    x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64)).reshape(len(positions_nm), -1)
+    layer = coordinates.to("cpu")
+    out = torch.cat([layer(layer.inverse(x[i:i + batch])[0])[0] for i in range(0, len(x), batch)])
+    return out, float(layer.rigid.rigidity_rmsd(x).max())
+
+
+@torch.no_grad()
+def reduced_energies(energy, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([energy(x[i:i + batch]).detach().double().cpu() for i in range(0, len(x), batch)])
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline in a minute or two")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="MD frames, MBAR reference, trained flow (default out/rigid_ice[_smoke])")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"results file (default {RESULTS_JSON.relative_to(REPO)}; with --smoke in the work dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device of the flow: cpu, cuda, auto (default)")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch CPU threads (1: the small batches are fastest on one thread)")
+    system = parser.add_argument_group("system and MD")
+    system.add_argument("--proton-order", default="genice2", choices=["genice2", "Cmc2_1"])
+    system.add_argument("--electrostatics", default="PME", choices=["PME", "reaction_field"])
+    system.add_argument("--t-base", type=float, default=250.0, help="K")
+    system.add_argument("--t-target", type=float, default=100.0, help="K")
+    system.add_argument("--train-frames", type=int, help="base (250 K) MD frames for training")
+    system.add_argument("--eval-frames", type=int, help="independent base MD frames for the estimates")
+    system.add_argument("--target-frames", type=int, help="MD frames at the target temperature for BAR (0: no BAR)")
+    system.add_argument("--stride", type=int, help="MD steps between frames")
+    system.add_argument("--equilibration", type=int, help="MD steps discarded at the start of each run")
+    system.add_argument("--timestep-fs", type=float)
+    system.add_argument("--md-chunk", type=int, help="frames per independent MD run")
+    system.add_argument("--md-workers", type=int, default=os.cpu_count() or 1, help="parallel MD processes")
+    system.add_argument("--md-platform", default="CPU", help="OpenMM platform of the MD (one thread per run on CPU)")
+    ladder = parser.add_argument_group("MBAR reference")
+    ladder.add_argument("--ladder-temperatures", type=int, help="temperatures from t-base to t-target (0: automatic)")
+    ladder.add_argument("--ladder-spacing", type=float, default=1.0,
+                        help="automatic ladder: target std (kT) of neighbours' reduced-energy difference")
+    ladder.add_argument("--ladder-samples", type=int, help="MD frames per ladder temperature")
+    flow = parser.add_argument_group("flow and training")
+    flow.add_argument("--n-blocks", type=int)
+    flow.add_argument("--conditioner", choices=["mlp", "attention"])
+    flow.add_argument("--hidden", type=int, nargs="+", help="MLP conditioner widths")
+    flow.add_argument("--attention-dim", type=int)
+    flow.add_argument("--attention-heads", type=int)
+    flow.add_argument("--attention-layers", type=int)
+    flow.add_argument("--steps", type=int, help="training steps")
+    flow.add_argument("--batch-size", type=int)
+    flow.add_argument("--learning-rate", type=float)
+    flow.add_argument("--final-lr-fraction", type=float)
+    flow.add_argument("--warmup-steps", type=int)
+    flow.add_argument("--eval-batch", type=int)
+    flow.add_argument("--energy-backend", default="auto", choices=["auto", "torch", "openmm"],
+                      help="PME always runs in OpenMM; reaction_field compiles to TorchEnergy with auto")
+    flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
+    flow.add_argument("--energy-workers", type=int, default=None, help="OpenMM energy processes (default: cores)")
+    flow.add_argument("--n-bootstrap", type=int, default=200)
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke else "full"]
+    for key, value in profile.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.work_dir is None:
+        args.work_dir = REPO / "out" / ("rigid_ice_smoke" if args.smoke else "rigid_ice")
+    if args.json is None:
+        args.json = args.work_dir / "rigid_ice.json" if args.smoke else RESULTS_JSON
+    return args
+
+
+def verdict(ok) -> str:
+    return "" if ok is None else ("ok" if ok else "MISS")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    total_start = time.perf_counter()
+    from boltzgen.analysis.perturbation import bar, lfep
+    from boltzgen.analysis.temperature_ladder import mbar_temperature_ladder, temperature_ladder
+    from boltzgen.device import select_device
+    from boltzgen.energy.backends import system_energy
+    from boltzgen.rigid import RigidBodySystem
+    from boltzgen.sampling.weights import ess
+    from boltzgen.systems.rigid import ice_xi_tip4pew_16
+    from boltzgen.train.temperature_change import forward_works, reverse_works, train_temperature_change
+    from boltzgen.units import kt_kj_per_mol
+
+    torch.set_num_threads(max(1, args.torch_threads))
+    device = select_device(args.device)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    work_dir = args.work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t_base, t_target = float(args.t_base), float(args.t_target)
+    system = ice_xi_tip4pew_16(proton_order=args.proton_order, electrostatics=args.electrostatics,
+                               temperature=t_target)
+    print(system.description, flush=True)
+    walls: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- MD: base, target, ladder
+    n_ladder = args.ladder_temperatures or automatic_ladder_size(t_base, t_target, N_MOLECULES, args.ladder_spacing)
+    temperatures = temperature_ladder(n_ladder, t_base, t_target)
+    states = [dict(name="base_train", temperature=t_base, n_samples=args.train_frames, keep_positions=True),
+              dict(name="base_eval", temperature=t_base, n_samples=args.eval_frames, keep_positions=True)]
+    if args.target_frames:
+        states.append(dict(name="target", temperature=t_target, n_samples=args.target_frames, keep_positions=True))
+    states += [dict(name=f"ladder_{k:02d}_{t:.3f}K", temperature=float(t), n_samples=args.ladder_samples,
+                    keep_positions=False) for k, t in enumerate(temperatures)]
+    start = time.perf_counter()
+    md = run_md_states(states, args, work_dir)
+    walls["md_this_run_s"] = time.perf_counter() - start
+    walls["md_cpu_s"] = sum(md[s["name"]]["wall_s"] for s in states)
+    print(f"MD done ({walls['md_this_run_s']:.0f} s here; {walls['md_cpu_s']:.0f} s of MD over all runs"
+          f"{', partly cached' if any(md[s['name']]['cached'] for s in states) else ''})", flush=True)
+
+    # ---------------------------------------------------------------- MBAR reference
+    ladder_names = [s["name"] for s in states if s["name"].startswith("ladder_")]
+    mbar_params = dict(temperatures=temperatures.tolist(), samples=args.ladder_samples, stride=args.stride,
+                       md_chunk=args.md_chunk, seed=args.seed, electrostatics=args.electrostatics,
+                       proton_order=args.proton_order, timestep_fs=args.timestep_fs, md_platform=args.md_platform,
+                       equilibration=args.equilibration)
+    mbar_path = work_dir / "mbar_reference.json"
+    reference = None
+    if mbar_path.exists():
+        stored = json.loads(mbar_path.read_text())
+        if stored.get("params") == _canonical(mbar_params):
+            reference = stored
+    if reference is None:
+        energies = np.concatenate([md[name]["energies_kj"] for name in ladder_names])
+        counts = [len(md[name]["energies_kj"]) for name in ladder_names]
+        try:
+            result = mbar_temperature_ladder(energies, temperatures, counts)
+        except Exception as error:  # noqa: BLE001 - pymbar's convergence errors
+            raise SystemExit(f"MBAR failed ({error}); the ladder's neighbours probably do not overlap: "
+                             "use more --ladder-temperatures or --ladder-samples") from None
+        free_energies = result.free_energies
+        g_ladder = [float(np.max(md[name]["g"])) for name in ladder_names]
+        df, df_err = float(free_energies[-1]), float(result.errors[-1])
+        reference = dict(
+            params=_canonical(mbar_params), temperatures_K=temperatures.tolist(),
+            free_energies_kT=free_energies.tolist(), errors_kT=result.errors.tolist(),
+            neighbour_overlap=result.neighbour_overlap.tolist(), statistical_inefficiency=g_ladder,
+            df_kT=df, df_err_kT=df_err, df_err_g_corrected_kT=df_err * math.sqrt(max(1.0, max(g_ladder))),
+        )
+        write_json_atomic(mbar_path, reference)
+    overlap = np.asarray(reference["neighbour_overlap"])
+    print(f"MBAR ladder: {len(temperatures)} temperatures {np.round(temperatures, 1).tolist()} K, "
+          f"{args.ladder_samples} frames each; neighbour overlap min {overlap.min():.3f}; "
+          f"dF = {reference['df_kT']:.3f} +- {reference['df_err_kT']:.3f} kT "
+          f"(x sqrt(g): +- {reference['df_err_g_corrected_kT']:.3f})", flush=True)
+    if overlap.min() < 0.03:
+        print("WARNING: poor MBAR overlap between neighbouring temperatures; use more --ladder-temperatures")
+
+    # ---------------------------------------------------------------- rigid frames and energies
+    rigid = RigidBodySystem.from_molecular_system(system)
+    flow, coordinates = build_flow(rigid, args, device, dtype)
+    energy = system_energy(system.openmm_system, t_target, backend=args.energy_backend,
+                           platform=args.energy_platform, device=device, n_workers=args.energy_workers)
+    if energy.backend == "torch":
+        energy = energy.to(device=device, dtype=dtype)
+    energy_name = (f"TorchEnergy on {device}" if energy.backend == "torch"
+                   else f"OpenMMEnergy, platform {energy.platform_name}")
+    ratio = t_target / t_base  # u_base(x) = U / kT_base = ratio * u_target(x)
+
+    def base_energy(x):
+        return ratio * energy(x)
+
+    start = time.perf_counter()
+    frames, u_target_frames, checks = {}, {}, {}
+    for name in [s["name"] for s in states if s["keep_positions"]]:
+        x, deviation = rigidify(coordinates, md[name]["positions_nm"])
+        u = reduced_energies(energy, x.to(device=device, dtype=dtype), args.eval_batch)
+        temperature = t_base if name.startswith("base") else t_target
+        md_u = torch.as_tensor(md[name]["energies_kj"]) / kt_kj_per_mol(temperature)
+        own_u = u * (t_target / temperature)
+        frames[name], u_target_frames[name] = x.to(device=device, dtype=dtype), u
+        checks[name] = dict(max_rigidity_rmsd_nm=deviation, frames=len(x),
+                            md_minus_rigid_energy_kT_mean=float((md_u - own_u).mean()),
+                            md_minus_rigid_energy_kT_max_abs=float((md_u - own_u).abs().max()),
+                            statistical_inefficiency=float(np.max(md[name]["g"])))
+    coordinates.to(device)
+    walls["frame_energies_s"] = time.perf_counter() - start
+    print(f"energies: {energy_name}; rigidified frames: " + "; ".join(
+        f"{k} {v['frames']} (rigidity {v['max_rigidity_rmsd_nm']:.1e} nm, |U_MD - U| <= "
+        f"{v['md_minus_rigid_energy_kT_max_abs']:.1e} kT, g {v['statistical_inefficiency']:.1f})"
+        for k, v in checks.items()), flush=True)
+
+    # ---------------------------------------------------------------- training (cached)
+    x_train, u_base_train = frames["base_train"], ratio * u_target_frames["base_train"].to(device=device, dtype=dtype)
+    flow_params = dict(
+        md=_canonical(dict(train=args.train_frames, stride=args.stride, chunk=args.md_chunk,
+                           equilibration=args.equilibration, timestep_fs=args.timestep_fs,
+                           electrostatics=args.electrostatics, proton_order=args.proton_order)),
+        n_blocks=args.n_blocks, conditioner=args.conditioner, hidden=list(args.hidden),
+        attention=[args.attention_dim, args.attention_heads, args.attention_layers], steps=args.steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, final_lr_fraction=args.final_lr_fraction,
+        warmup_steps=args.warmup_steps, seed=args.seed, dtype=args.dtype, temperatures=[t_base, t_target],
+        energy_backend=energy.backend,
+    )
+    flow_path = work_dir / "flow.pt"
+    stored = torch.load(flow_path, map_location=device, weights_only=False) if flow_path.exists() else None
+    if stored is not None and stored["params"] == _canonical(flow_params):
+        flow.load_state_dict(stored["state_dict"])
+        history, walls["training_s"], trained_here = stored["history"], stored["wall_s"], False
+        print(f"flow: reused {flow_path} (trained in {walls['training_s']:.0f} s)", flush=True)
+    else:
+        n_parameters = sum(p.numel() for p in flow.parameters())
+        print(f"training: {n_parameters} parameters, {args.steps} steps x {args.batch_size} frames on {device}",
+              flush=True)
+        torch.manual_seed(args.seed)
+        result = train_temperature_change(
+            flow, x_train, u_base_train, energy, n_steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, seed=args.seed, warmup_steps=args.warmup_steps,
+            final_lr_fraction=args.final_lr_fraction, log_every=max(1, args.steps // 20), quiet=args.smoke,
+        )
+        history, walls["training_s"], trained_here = result.records, result.wall_s, True
+        torch.save({"params": _canonical(flow_params), "state_dict": flow.state_dict(), "history": history,
+                    "wall_s": result.wall_s, "n_skipped_steps": result.n_skipped_steps}, flow_path)
+    flow.eval()
+
+    # ---------------------------------------------------------------- estimates
+    start = time.perf_counter()
+    x_eval = frames["base_eval"]
+    u_target_eval = u_target_frames["base_eval"]
+    u_base_eval = ratio * u_target_eval
+    block = max(1, round(checks["base_eval"]["statistical_inefficiency"]))
+    works_f = forward_works(flow, x_eval, u_base_eval.to(device=device, dtype=dtype), energy,
+                            batch_size=args.eval_batch)
+    log_w = -works_f
+    flow_ess = ess(log_w)
+    df_lfep = lfep(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+    fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
+    df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+    df_bar = None
+    if args.target_frames:
+        works_r = reverse_works(flow, frames["target"], u_target_frames["target"].to(device=device, dtype=dtype),
+                                base_energy, batch_size=args.eval_batch)
+        df_bar = bar(works_f, works_r, n_bootstrap=args.n_bootstrap,
+                     block_size=max(block, round(checks["target"]["statistical_inefficiency"])), seed=args.seed)
+    walls["evaluation_s"] = time.perf_counter() - start
+    walls["total_this_run_s"] = time.perf_counter() - total_start
+
+    # ---------------------------------------------------------------- report
+    n = N_MOLECULES
+    mbar_df = reference["df_kT"]
+    per_n_error = abs(df_lfep.value - mbar_df) / n
+    rows = [
+        ("ESS (LFEP weights, held-out frames)", f"{flow_ess:.4f}", f"{PUBLISHED['ess']:.4f}",
+         f">= {TARGETS['ess']:.2f}", verdict(flow_ess >= TARGETS["ess"])),
+        ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
+        ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
+        ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
+        ("dF plain FEP (kT)", f"{df_fep.value:.3f} +- {df_fep.error:.3f}", "", "", ""),
+        ("dF MBAR reference (kT)", f"{mbar_df:.3f} +- {reference['df_err_g_corrected_kT']:.3f}",
+         f"{PUBLISHED['mbar_df_kT']:.3f} +- {PUBLISHED['mbar_df_err_kT']:.3f}", "", ""),
+        ("dF/N LFEP (kT)", f"{df_lfep.value / n:.4f}", f"{PUBLISHED['lfep_df_per_molecule_kT']:.4f}", "", ""),
+        ("dF/N BAR (kT)", "-" if df_bar is None else f"{df_bar.value / n:.4f}", "", "", ""),
+        ("dF/N MBAR (kT)", f"{mbar_df / n:.4f}", f"{PUBLISHED['mbar_df_per_molecule_kT']:.4f}", "", ""),
+        ("|dF/N LFEP - MBAR| (kT)", f"{per_n_error:.4f}",
+         f"{abs(PUBLISHED['lfep_df_per_molecule_kT'] - PUBLISHED['mbar_df_per_molecule_kT']):.4f}",
+         f"<= {TARGETS['df_per_molecule_abs_error_kT']:.2f}",
+         verdict(per_n_error <= TARGETS["df_per_molecule_abs_error_kT"])),
+        ("|dF/N BAR - MBAR| (kT)", "-" if df_bar is None else f"{abs(df_bar.value - mbar_df) / n:.4f}", "", "", ""),
+    ]
+    if args.smoke:
+        print("\n(--smoke: tiny settings, the numbers below only show that the pipeline runs)")
+    print(f"\nIce XI, N = {n}, {t_base:g} K -> {t_target:g} K ({args.electrostatics}, {args.proton_order})")
+    print(f"{'quantity':<38}{'this run':>24}{'published':>20}{'target':>10}")
+    for name, value, published, target, ok in rows:
+        print(f"{name:<38}{value:>24}{published:>20}{target:>10} {ok}")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"\nwall time: MD {walls['md_this_run_s']:.0f} s here ({walls['md_cpu_s']:.0f} s summed over MD runs), "
+          f"training {walls['training_s']:.0f} s{'' if trained_here else ' (cached)'}, evaluation "
+          f"{walls['evaluation_s']:.0f} s, total this run {walls['total_this_run_s']:.0f} s; flow on {device}"
+          f"{f' ({gpu})' if gpu else ''}, energies {energy_name}, MD platform {args.md_platform}, "
+          f"{os.cpu_count()} CPU cores")
+
+    summary = dict(
+        benchmark="rigid_ice", smoke=bool(args.smoke), system=system.description,
+        temperatures_K=[t_base, t_target], n_molecules=n,
+        ess=flow_ess, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
+        df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
+        df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
+        df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,
+        df_mbar_kT=mbar_df, df_mbar_err_kT=reference["df_err_kT"],
+        df_mbar_err_g_corrected_kT=reference["df_err_g_corrected_kT"],
+        df_per_molecule_lfep_kT=df_lfep.value / n, df_per_molecule_mbar_kT=mbar_df / n,
+        df_per_molecule_abs_error_kT=per_n_error,
+        mean_forward_work_kT=float(works_f[torch.isfinite(works_f)].mean()),
+        targets_met={"ess": flow_ess >= TARGETS["ess"],
+                     "df_per_molecule": per_n_error <= TARGETS["df_per_molecule_abs_error_kT"]},
+        mbar_reference={k: v for k, v in reference.items() if k != "params"},
+        frame_checks=checks, training_history=history, settings=_canonical({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}),
+        published=PUBLISHED, targets=TARGETS, wall_s=walls,
+        device=dict(flow=str(device), gpu=gpu, energy=energy_name, md_platform=args.md_platform,
+                    cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                    machine=platform_module.machine(), torch=torch.__version__),
+    )
+    write_json_atomic(args.json, summary)
+    print(f"written {args.json}")
+    if hasattr(energy, "close"):
+        energy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
