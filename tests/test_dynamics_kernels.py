@@ -174,3 +174,12 @@ def test_metropolis_and_mala_reject_infinite_energies():
     z, u_z, f_z, accepted = mala_step(wall, x, u, f, 0.5, generator=seeded(9))
     assert bool((z[:, 0] <= 0).all()) and torch.isfinite(u_z).all() and torch.isfinite(f_z).all()
     assert 0.2 < float(accepted.double().mean()) < 0.6
+
+
+def test_energy_and_force_of_an_energy_that_is_constant_inf_everywhere():
+    class OutsideSupport:
+        def energy(self, x):
+            return torch.full(x.shape[:1], math.inf, dtype=x.dtype)
+
+    u, f = energy_and_force(OutsideSupport(), torch.zeros(3, 2, dtype=F64))
+    assert torch.isinf(u).all() and torch.equal(f, torch.zeros(3, 2, dtype=F64))

@@ -55,8 +55,11 @@ def energy_and_force(
         with torch.enable_grad():
             xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
             u = energy.energy(xg)
-            (grad,) = torch.autograd.grad(u.sum(), xg, create_graph=create_graph)
-        f = -grad
+            if u.requires_grad:
+                (grad,) = torch.autograd.grad(u.sum(), xg, create_graph=create_graph, allow_unused=True)
+            else:  # e.g. every row outside a flow's support: a constant +inf
+                grad = None
+        f = -grad if grad is not None else torch.zeros_like(x)
         if not create_graph:
             u = u.detach()
     # a row with a finite energy but a non-finite force is a broken evaluation as well: +inf
