@@ -49,6 +49,27 @@ class ElementwiseTransformer(torch.nn.Module):
         raise NotImplementedError
 
 
+def check_elementwise_inputs(
+    x: torch.Tensor, params: torch.Tensor, circular: bool, tolerance: float, name: str
+) -> None:
+    """Checks of an element-wise map's inputs ``x [B, D]`` and parameters ``[B, D, P]``: shapes,
+    finite parameters, circle inputs finite, interval inputs in ``[0, 1]`` up to ``tolerance``;
+    one ValueError naming the map (``name``, e.g. "spline") otherwise. One device sync."""
+    if x.dim() != 2 or params.dim() != 3 or params.shape[:2] != x.shape:
+        raise ValueError(
+            f"{name} inputs must be [B, D] with parameters [B, D, n_params], got "
+            f"{list(x.shape)} and {list(params.shape)}"
+        )
+    bad_inputs = ~torch.isfinite(x) if circular else ~((x >= -tolerance) & (x <= 1 + tolerance))
+    bad_params = ~torch.isfinite(params)
+    if bool(bad_inputs.any() | bad_params.any()):
+        if bad_inputs.any():
+            bad = x[bad_inputs]
+            where = "finite" if circular else f"in [0, 1] (tolerance {tolerance:g})"
+            raise ValueError(f"{name} inputs must be {where}; {bad.numel()} are not, e.g. {bad[:5].tolist()}")
+        raise ValueError(f"{name} parameters are not finite (non-finite conditioner input or diverged training)")
+
+
 def as_index_tensor(dims: DimensionSet, dim: int, name: str) -> torch.Tensor:
     """A set of dims (indices, or a boolean mask of length ``dim``) as sorted indices ``[K]``."""
     tensor = torch.as_tensor(dims)

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from boltzgen.flows.base import SequentialFlow
-from boltzgen.flows.coupling import CouplingLayer, DimensionSet, ElementwiseTransformer
+from boltzgen.flows.coupling import CouplingLayer, DimensionSet, ElementwiseTransformer, check_elementwise_inputs
 from boltzgen.flows.root_finding import DEFAULT_N_GRID, METHODS, invert_monotone
 from boltzgen.flows.splines import circular_flags
 from boltzgen.flows.spline_stack import GOLDEN_SHIFT, coupling_stack, masked_coupling_layer
@@ -290,27 +290,9 @@ def mixture_map(x: torch.Tensor, theta: torch.Tensor, circular: bool) -> Triple:
 def _check_inputs(
     x: torch.Tensor, params: torch.Tensor, circular: bool, tolerance: float
 ) -> None:
-    """Shape checks and one combined value check (a single device sync)."""
-    if x.dim() != 2 or params.dim() != 3 or params.shape[:2] != x.shape:
-        raise ValueError(
-            f"smooth mixture inputs must be [B, D] with parameters [B, D, n_params], got "
-            f"{list(x.shape)} and {list(params.shape)}"
-        )
+    """Shape checks, the parameter count, and one combined value check (a single device sync)."""
+    check_elementwise_inputs(x, params, circular, tolerance, name="smooth mixture")
     _components_from_parameter_count(params.shape[-1])
-    bad_inputs = ~torch.isfinite(x) if circular else ~((x >= -tolerance) & (x <= 1 + tolerance))
-    bad_params = ~torch.isfinite(params)
-    if bool(bad_inputs.any() | bad_params.any()):
-        if bad_inputs.any():
-            bad = x[bad_inputs]
-            where = "finite" if circular else f"in [0, 1] (tolerance {tolerance:g})"
-            raise ValueError(
-                f"smooth mixture inputs must be {where}; {bad.numel()} are not, "
-                f"e.g. {bad[:5].tolist()}"
-            )
-        raise ValueError(
-            "smooth mixture parameters are not finite (non-finite conditioner input or diverged "
-            "training)"
-        )
 
 
 def smooth_mixture(

@@ -34,7 +34,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from boltzgen.flows.coupling import ElementwiseTransformer
+from boltzgen.flows.coupling import ElementwiseTransformer, check_elementwise_inputs
 
 DEFAULT_MIN_BIN_WIDTH = 1e-3
 DEFAULT_MIN_BIN_HEIGHT = 1e-3
@@ -76,32 +76,6 @@ def _bins_from_parameter_count(n_params: int, circular: bool) -> int:
             f"a spline needs {kind} parameters per variable for K >= 1 bins, got {n_params}"
         )
     return n_bins
-
-
-def _check_spline_inputs(
-    x: torch.Tensor, params: torch.Tensor, circular: bool, tolerance: float
-) -> None:
-    """Shape checks and one combined value check (a single device sync)."""
-    if x.dim() != 2 or params.dim() != 3 or params.shape[:2] != x.shape:
-        raise ValueError(
-            f"spline inputs must be [B, D] with parameters [B, D, n_params], got "
-            f"{list(x.shape)} and {list(params.shape)}"
-        )
-    if circular:
-        bad_inputs = ~torch.isfinite(x)
-    else:
-        bad_inputs = ~((x >= -tolerance) & (x <= 1 + tolerance))
-    bad_params = ~torch.isfinite(params)
-    if bool(bad_inputs.any() | bad_params.any()):
-        if bad_inputs.any():
-            bad = x[bad_inputs]
-            where = "finite" if circular else f"in [0, 1] (tolerance {tolerance:g})"
-            raise ValueError(
-                f"spline inputs must be {where}; {bad.numel()} are not, e.g. {bad[:5].tolist()}"
-            )
-        raise ValueError(
-            "spline parameters are not finite (non-finite conditioner input or diverged training)"
-        )
 
 
 def _bin_sizes(unnormalised: torch.Tensor, min_size: float) -> torch.Tensor:
@@ -208,7 +182,7 @@ def interval_spline(
         ``(y [B, D], log_derivative [B, D])`` with ``log_derivative = log |dy/dx|`` of the map
         applied (``-log f'(x)`` for the inverse).
     """
-    _check_spline_inputs(x, params, circular=False, tolerance=tolerance)
+    check_elementwise_inputs(x, params, circular=False, tolerance=tolerance, name="spline")
     n_bins = _bins_from_parameter_count(params.shape[-1], circular=False)
     x = x.clamp(0.0, 1.0)
     return rational_quadratic_spline(
@@ -241,7 +215,7 @@ def circular_spline(
     Returns:
         ``(y [B, D] in [0, 1), log_derivative [B, D])`` as for :func:`interval_spline`.
     """
-    _check_spline_inputs(x, params, circular=True, tolerance=0.0)
+    check_elementwise_inputs(x, params, circular=True, tolerance=0.0, name="spline")
     n_bins = _bins_from_parameter_count(params.shape[-1], circular=True)
     derivatives = params[..., 2 * n_bins :]
     derivatives = torch.cat([derivatives, derivatives[..., :1]], dim=-1)
