@@ -243,3 +243,51 @@ def test_trainer_learns_a_gaussian_from_forces_alone():
         Trainer(bg, data, config, None, quiet=True)
     with pytest.raises(ValueError, match="shape of train_data"):
         Trainer(bg, data, config, None, quiet=True, train_forces=forces[:10])
+
+
+class _DivergingTrainer(Trainer):
+    """Blows the flow's parameters up once, at step ``explode_at`` (a stand-in for a diverged step)."""
+
+    explode_at = 12
+
+    def _step(self, stage):
+        record = super()._step(stage)
+        if self.state.global_step + 1 == self.explode_at:
+            with torch.no_grad():
+                self.generator.flow.log_scale.add_(6.0)
+        return record
+
+
+def test_a_diverged_fit_is_rolled_back_to_the_last_good_validation_with_half_the_learning_rate():
+    bg, data = _gaussian_problem()
+    config = TrainerConfig([TrainingStage("nll", 150, learning_rate=0.05, batch_size=64)], validate_every=5, seed=3)
+    trainer = _DivergingTrainer(bg, data[:3000], config, None, validation_data=data[3000:], quiet=True)
+    state = trainer.fit()
+    assert state.n_rollbacks == 1 and state.lr_scale == 0.5
+    rolled = [record for record in state.history if record.get("rolled_back")]
+    assert len(rolled) == 1 and rolled[0]["step"] == 15
+    assert rolled[0]["val_nll_per_dim"] > state.best_val_nll_per_dim + 0.5
+    assert rolled[0]["val_nll_per_dim_after_rollback"] <= state.history[1]["val_nll_per_dim"] + 1e-9
+    # and training went on to fit the target
+    assert torch.allclose(bg.flow.shift, torch.tensor([1.5, -0.5]), atol=0.15)
+    # without the safeguard the explosion stays
+    bg2, _ = _gaussian_problem()
+    off = TrainerConfig(config.stages, validate_every=5, seed=3, rollback_tolerance=0.0)
+    state2 = _DivergingTrainer(bg2, data[:3000], off, None, validation_data=data[3000:], quiet=True).fit()
+    assert state2.n_rollbacks == 0 and state2.history[-1]["val_nll_per_dim"] > state.history[-1]["val_nll_per_dim"] + 0.5
+
+
+def test_repeated_divergence_stops_with_a_clear_error():
+    class AlwaysDiverging(_DivergingTrainer):
+        def _step(self, stage):
+            record = Trainer._step(self, stage)
+            if (self.state.global_step + 1) % 5 == 0 and self.state.global_step > 5:
+                with torch.no_grad():
+                    self.generator.flow.log_scale.add_(6.0)
+            return record
+
+    bg, data = _gaussian_problem()
+    config = TrainerConfig([TrainingStage("nll", 100, learning_rate=0.05, batch_size=64)], validate_every=5,
+                           seed=3, max_rollbacks=2)
+    with pytest.raises(BoltzgenError, match="diverged 3 times"):
+        AlwaysDiverging(bg, data[:3000], config, None, validation_data=data[3000:], quiet=True).fit()
