@@ -77,7 +77,10 @@ class TrainerConfig:
 
     ``rollback_tolerance`` (nats per dimension): when the validation NLL rises more than this above
     its best, training returns to the model and optimizer of the last good validation and halves
-    the learning rate (at most ``max_rollbacks`` times; 0 disables; needs validation data).
+    the learning rate (at most ``max_rollbacks`` times; 0 disables; needs validation data). In
+    healthy quick alanine-dipeptide runs the validation NLL never rose by more than 0.001 between
+    validations; a diverging one jumped by 3.6, and after a rollback at 0.5 it still crept up by
+    0.04 with gradient norms in the hundreds: hence 0.02.
     """
 
     stages: list[TrainingStage]
@@ -90,7 +93,7 @@ class TrainerConfig:
     validation_batch_size: int = 2048
     seed: int = 0
     max_consecutive_skipped_steps: int = 100
-    rollback_tolerance: float = 0.5
+    rollback_tolerance: float = 0.02
     max_rollbacks: int = 5
 
     @property
