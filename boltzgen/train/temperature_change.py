@@ -141,17 +141,7 @@ def forward_works(
     log weights of the pushed-forward samples are ``-W_F`` (+inf works, i.e. zero weights, where an
     evaluation failed). Feed them to `boltzgen.analysis.perturbation.lfep` / ``bar``.
     """
-    u_base = torch.as_tensor(u_base).reshape(-1)
-    if u_base.shape[0] != x_base.shape[0]:
-        raise ValueError(f"u_base has {u_base.shape[0]} entries for {x_base.shape[0]} samples")
-    out = []
-    for start in range(0, x_base.shape[0], batch_size):
-        stop = start + batch_size
-        y, logdet = flow(x_base[start:stop], context=None if context is None else context[start:stop])
-        u_target = _reduced_energy(target, y)
-        out.append(u_target.double() - u_base[start:stop].to(u_target.device).double() - logdet.double())
-    works = torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
-    return torch.where(torch.isfinite(works), works, torch.full_like(works, math.inf))
+    return _works(flow.forward, x_base, u_base, target, batch_size, context, "u_base")
 
 
 @torch.no_grad()
@@ -169,15 +159,22 @@ def reverse_works(
     energies ``u_target`` ``[N]``; ``base`` is the reduced base energy ``u_B`` on the flow's input
     representation. +inf where an evaluation failed.
     """
-    u_target = torch.as_tensor(u_target).reshape(-1)
-    if u_target.shape[0] != y_target.shape[0]:
-        raise ValueError(f"u_target has {u_target.shape[0]} entries for {y_target.shape[0]} samples")
+    return _works(flow.inverse, y_target, u_target, base, batch_size, context, "u_target")
+
+
+def _works(transport, x: torch.Tensor, u_start, end_energy, batch_size: int,
+           context: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """``u_end(T(x)) - u_start(x) - log|det J_T(x)|`` ``[N]`` float64 for ``transport`` T (the flow
+    or its inverse), in batches; +inf where an evaluation failed."""
+    u_start = torch.as_tensor(u_start).reshape(-1)
+    if u_start.shape[0] != x.shape[0]:
+        raise ValueError(f"{name} has {u_start.shape[0]} entries for {x.shape[0]} samples")
     out = []
-    for start in range(0, y_target.shape[0], batch_size):
+    for start in range(0, x.shape[0], batch_size):
         stop = start + batch_size
-        x, logdet = flow.inverse(y_target[start:stop], context=None if context is None else context[start:stop])
-        u_base = _reduced_energy(base, x)
-        out.append(u_base.double() - u_target[start:stop].to(u_base.device).double() - logdet.double())
+        y, logdet = transport(x[start:stop], context=None if context is None else context[start:stop])
+        u_end = _reduced_energy(end_energy, y)
+        out.append(u_end.double() - u_start[start:stop].to(u_end.device).double() - logdet.double())
     works = torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
     return torch.where(torch.isfinite(works), works, torch.full_like(works, math.inf))
 
