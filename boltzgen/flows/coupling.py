@@ -48,6 +48,13 @@ class ElementwiseTransformer(torch.nn.Module):
         """Parameters ``[n_params]`` for which the transformer is the identity map."""
         raise NotImplementedError
 
+    def check_shapes(self, inputs: torch.Tensor, params: torch.Tensor) -> None:
+        """One clear ValueError unless ``inputs`` is ``[B, dim]`` and ``params`` ``[B, n_params]``."""
+        if inputs.dim() != 2 or inputs.shape[1] != self.dim:
+            raise ValueError(f"expected inputs [batch, {self.dim}], got {list(inputs.shape)}")
+        if params.shape != (inputs.shape[0], self.n_params):
+            raise ValueError(f"expected parameters [{inputs.shape[0]}, {self.n_params}], got {list(params.shape)}")
+
 
 def check_elementwise_inputs(
     x: torch.Tensor, params: torch.Tensor, circular: bool, tolerance: float, name: str

@@ -445,13 +445,7 @@ class SmoothMixtureTransformer(ElementwiseTransformer):
         return self._transform(y, params, root_finding=self.analytic == "forward")
 
     def _transform(self, inputs: torch.Tensor, params: torch.Tensor, root_finding: bool):
-        if inputs.dim() != 2 or inputs.shape[1] != self.dim:
-            raise ValueError(f"expected inputs [batch, {self.dim}], got {list(inputs.shape)}")
-        if params.shape != (inputs.shape[0], self.n_params):
-            raise ValueError(
-                f"expected parameters [{inputs.shape[0]}, {self.n_params}], "
-                f"got {list(params.shape)}"
-            )
+        self.check_shapes(inputs, params)
         batch, per_variable = inputs.shape[0], n_smooth_parameters(self.n_components)
         outputs = torch.zeros_like(inputs)
         log_derivative = torch.zeros_like(inputs)

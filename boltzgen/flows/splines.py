@@ -313,13 +313,7 @@ class RationalQuadraticSpline(ElementwiseTransformer):
         return self._transform(y, params, inverse=True)
 
     def _transform(self, inputs: torch.Tensor, params: torch.Tensor, inverse: bool):
-        if inputs.dim() != 2 or inputs.shape[1] != self.dim:
-            raise ValueError(f"expected inputs [batch, {self.dim}], got {list(inputs.shape)}")
-        if params.shape != (inputs.shape[0], self.n_params):
-            raise ValueError(
-                f"expected parameters [{inputs.shape[0]}, {self.n_params}], "
-                f"got {list(params.shape)}"
-            )
+        self.check_shapes(inputs, params)
         batch = inputs.shape[0]
         bounds = dict(
             min_bin_width=self.min_bin_width,

@@ -71,10 +71,7 @@ class LinearTailSpline(ElementwiseTransformer):
         return self._transform(y, params, inverse=True)
 
     def _transform(self, inputs: torch.Tensor, params: torch.Tensor, inverse: bool):
-        if inputs.dim() != 2 or inputs.shape[1] != self.dim:
-            raise ValueError(f"expected inputs [batch, {self.dim}], got {list(inputs.shape)}")
-        if params.shape != (inputs.shape[0], self.n_params):
-            raise ValueError(f"expected parameters [{inputs.shape[0]}, {self.n_params}], got {list(params.shape)}")
+        self.check_shapes(inputs, params)
         k = self.n_bins
         params = params.reshape(inputs.shape[0], self.dim, 3 * k - 1)
         boundary = torch.full_like(params[..., :1], identity_derivative_parameter(self.min_derivative))
