@@ -143,3 +143,21 @@ def perturb_parameters(
             noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
             parameter.add_(scale * noise.to(parameter.device))
     return module
+
+
+class FixedParameterFlow(torch.nn.Module):
+    """Test-only flow: an element-wise transformer with fixed per-sample parameters ``[B, n_params]``
+    (``forward``/``inverse`` return the summed log-derivative as logdet ``[B]``)."""
+
+    def __init__(self, transformer, params: torch.Tensor):
+        super().__init__()
+        self.transformer = transformer
+        self.register_buffer("params", params)
+
+    def forward(self, x, context=None):
+        y, log_derivative = self.transformer(x, self.params)
+        return y, log_derivative.sum(-1)
+
+    def inverse(self, y, context=None):
+        x, log_derivative = self.transformer.inverse(y, self.params)
+        return x, log_derivative.sum(-1)

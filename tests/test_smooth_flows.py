@@ -32,7 +32,7 @@ from boltzgen.flows.smooth import (
     smooth_sigmoid_derivatives,
 )
 from boltzgen.flows.spline_stack import coupling_stack
-from flow_checks import assert_invertible, assert_logdet_matches_jacobian, perturb_parameters
+from flow_checks import FixedParameterFlow, assert_invertible, assert_logdet_matches_jacobian, perturb_parameters
 
 K = 4
 F64 = torch.float64
@@ -415,21 +415,6 @@ def test_implicit_inverse_backward_without_parameter_gradients():
 # --- the transformer and flows -------------------------------------------------------------------
 
 
-class FixedParameterTransformer(Flow):
-    """Test-only flow: an element-wise transformer with fixed per-sample parameters."""
-
-    def __init__(self, transformer, params: torch.Tensor):
-        super().__init__()
-        self.transformer = transformer
-        self.register_buffer("params", params)
-
-    def _forward(self, x, context=None):
-        y, log_derivative = self.transformer(x, self.params)
-        return y, log_derivative.sum(-1)
-
-    def _inverse(self, y, context=None):
-        x, log_derivative = self.transformer.inverse(y, self.params)
-        return x, log_derivative.sum(-1)
 
 
 def test_transformer_layout_and_directions():
@@ -463,7 +448,7 @@ def test_transformer_passes_flow_checks(analytic):
     transformer = SmoothMixtureTransformer(circular, n_components=K, analytic=analytic).double()
     params = random_params(5, 4).reshape(5, -1)
     params = torch.cat([params[:, 10:30], params[:, :10], params[:, 30:]], -1)  # any layout
-    flow = FixedParameterTransformer(transformer, params)
+    flow = FixedParameterFlow(transformer, params)
     x = torch.rand(5, 4, dtype=F64)
     y, logdet = assert_invertible(flow, x, atol=1e-10, circular_mask=circular)
     assert logdet.abs().min() > 1e-2

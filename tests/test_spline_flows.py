@@ -11,7 +11,6 @@ from boltzgen.distributions import UniformInterval
 from boltzgen.flows import (
     CircularShift,
     CouplingLayer,
-    Flow,
     InverseFlow,
     MLPConditioner,
     RationalQuadraticSpline,
@@ -22,7 +21,7 @@ from boltzgen.flows import (
     spline_coupling_layer,
 )
 from boltzgen.flows.splines import identity_spline_parameters, n_spline_parameters
-from flow_checks import assert_invertible, assert_logdet_matches_jacobian, perturb_parameters
+from flow_checks import FixedParameterFlow, assert_invertible, assert_logdet_matches_jacobian, perturb_parameters
 
 N_BINS = 5
 ALANINE_CIRCULAR = [False] * 41 + [True] * 19  # 21 bonds + 20 angles, then 19 torsions
@@ -42,21 +41,6 @@ def spline(circular: bool):
     return circular_spline if circular else interval_spline
 
 
-class FixedParameterSpline(Flow):
-    """Test-only flow: a RationalQuadraticSpline with fixed per-sample parameters [B, n_params]."""
-
-    def __init__(self, transformer: RationalQuadraticSpline, params: torch.Tensor):
-        super().__init__()
-        self.transformer = transformer
-        self.register_buffer("params", params)
-
-    def _forward(self, x, context=None):
-        y, log_derivative = self.transformer(x, self.params)
-        return y, log_derivative.sum(-1)
-
-    def _inverse(self, y, context=None):
-        x, log_derivative = self.transformer.inverse(y, self.params)
-        return x, log_derivative.sum(-1)
 
 
 # --- the spline functions ------------------------------------------------------------------------
@@ -191,7 +175,7 @@ def test_rational_quadratic_spline_passes_flow_checks(circular):
     y, ld = transformer(x, identity.expand(batch, -1))
     torch.testing.assert_close(y, x, atol=1e-6, rtol=0)  # identity constant rounded in float32
     params = identity + 1.5 * torch.randn(batch, transformer.n_params, dtype=torch.float64)
-    flow = FixedParameterSpline(transformer, params)
+    flow = FixedParameterFlow(transformer, params)
     assert_invertible(flow, x, atol=1e-9, circular_mask=circular)
     assert_logdet_matches_jacobian(flow, x)
     assert_logdet_matches_jacobian(flow, flow(x)[0], inverse=True)
