@@ -230,7 +230,7 @@ _GENICE_DONATIONS = (
     (12, 5), (12, 14), (13, 12), (13, 4), (14, 15), (14, 3), (15, 2), (15, 13),
 )
 PROTON_ORDERS = ("Cmc2_1", "genice2")
-ELECTROSTATICS = ("PME", "reaction_field")
+ELECTROSTATICS = ("PME", "Ewald", "reaction_field")
 #: Ewald error tolerance of the PME variant (the paper's value; OpenMM's default is 5e-4).
 ICE_EWALD_TOLERANCE = 1e-4
 
@@ -371,8 +371,10 @@ def ice_xi_tip4pew_16(
     Args:
         proton_order: ``"genice2"`` (default: the paper's antiferroelectric order, GenIce2's
             lattice 11) or ``"Cmc2_1"`` (ferroelectric ice XI, Hirsch & Ojamäe 2004 structure 1).
-        electrostatics: ``"PME"`` (default, as the paper) or ``"reaction_field"``
-            (``CutoffPeriodic``; compiles to `TorchEnergy` but does not keep the crystal stable).
+        electrostatics: ``"PME"`` (default, as the paper), ``"Ewald"`` (the exact lattice sum that
+            PME approximates, same cutoff and error tolerance; compiles to `TorchEnergy`, which then
+            matches OpenMM to rounding) or ``"reaction_field"`` (``CutoffPeriodic``; compiles to
+            `TorchEnergy` but does not keep the crystal stable).
         temperature: K (default 100, the paper's target; its base temperature was 250 K).
 
     Particles per molecule in OpenMM order: O, H1, H2, M (M a ThreeParticleAverageSite). The
@@ -388,7 +390,7 @@ def ice_xi_tip4pew_16(
     forcefield = app.ForceField("tip4pew.xml")
     modeller = app.Modeller(_water_topology(len(oxygens), box), np.zeros((3 * len(oxygens), 3)) * unit.nanometer)
     modeller.addExtraParticles(forcefield)
-    method = app.PME if electrostatics == "PME" else app.CutoffPeriodic
+    method = {"PME": app.PME, "Ewald": app.Ewald, "reaction_field": app.CutoffPeriodic}[electrostatics]
     system = forcefield.createSystem(
         modeller.topology, nonbondedMethod=method, nonbondedCutoff=cutoff * unit.nanometer,
         constraints=None, rigidWater=True, removeCMMotion=True,
@@ -396,13 +398,13 @@ def ice_xi_tip4pew_16(
     nonbonded = next(f for f in system.getForces() if type(f).__name__ == "NonbondedForce")
     nonbonded.setUseSwitchingFunction(False)
     nonbonded.setUseDispersionCorrection(True)
-    if electrostatics == "PME":
+    if electrostatics in ("PME", "Ewald"):
         nonbonded.setEwaldErrorTolerance(ICE_EWALD_TOLERANCE)
     waters = place_waters(oxygens, donations, box, *_rigid_water_lengths(system))
     positions = np.zeros((4 * len(oxygens), 3))
     positions.reshape(len(oxygens), 4, 3)[:, :3] = waters
     positions = _with_virtual_sites(system, positions)
-    coulomb = "PME" if electrostatics == "PME" else "CutoffPeriodic reaction field"
+    coulomb = {"PME": "PME", "Ewald": "Ewald", "reaction_field": "CutoffPeriodic reaction field"}[electrostatics]
     return MolecularSystem(
         name="ice_xi_tip4pew_16",
         description=(

@@ -311,9 +311,9 @@ def test_rigidity_rmsd_detects_a_deformed_molecule():
 # ------------------------------------------------------------------ energies
 
 
-def test_torch_energy_matches_openmm_on_the_reaction_field_ice_and_the_tetrahedron():
+def test_torch_energy_matches_openmm_on_the_ewald_and_reaction_field_ice_and_the_tetrahedron():
     generator = torch.Generator().manual_seed(4)
-    for molecular in (ice(electrostatics="reaction_field"), tetrahedron()):
+    for molecular in (ice(electrostatics="Ewald"), ice(electrostatics="reaction_field"), tetrahedron()):
         system = rigid(molecular)
         base = system.from_cartesian(flat(molecular.positions[None]), random_sign=False)
         k = system.n_molecules
@@ -322,6 +322,26 @@ def test_torch_energy_matches_openmm_on_the_reaction_field_ice_and_the_tetrahedr
         x = system.to_cartesian(p, q, base.origin.expand(6, 3))
         torch_energy = TorchEnergy.from_openmm(molecular.openmm_system, molecular.temperature, dtype=F64)
         torch.testing.assert_close(torch_energy.energy(x), openmm_energy(molecular).energy(x), rtol=1e-6, atol=1e-6)
+
+
+def test_ewald_ice_forces_match_openmm_and_its_energies_match_pme_up_to_a_constant():
+    """Forces of the torch Ewald ice vs OpenMM (virtual-site forces spread onto the real atoms),
+    and Ewald vs PME at the same error tolerance: they differ by an almost constant offset."""
+    generator = torch.Generator().manual_seed(5)
+    ewald = ice(electrostatics="Ewald")
+    system = rigid(ewald)
+    base = system.from_cartesian(flat(ewald.positions[None]), random_sign=False)
+    q = base.quaternions + 0.05 * torch.randn(6, 16, 4, generator=generator, dtype=F64)
+    p = base.positions + 0.01 * torch.randn(6, 16, 3, generator=generator, dtype=F64)
+    x = system.to_cartesian(p, q, base.origin.expand(6, 3)).requires_grad_(True)
+    torch_energy = TorchEnergy.from_openmm(ewald.openmm_system, ewald.temperature, dtype=F64)
+    u = torch_energy.energy(x)
+    (gradient,) = torch.autograd.grad(u.sum(), x)
+    _, force = openmm_energy(ewald).energy_and_force(x.detach())
+    relative_error = float((-gradient - force).norm() / force.norm())  # the metric of the force-term tests
+    assert relative_error < 1e-6, relative_error
+    offset = (openmm_energy(ice()).energy(x.detach()) - u.detach()) * kt_kj_per_mol(ewald.temperature)
+    assert offset.abs().max() < 0.1 and offset.std() < 0.01  # kJ/mol, on energies of about -900
 
 
 def test_the_pme_ice_falls_back_to_openmm():

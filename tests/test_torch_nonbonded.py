@@ -33,7 +33,8 @@ RTOL32 = 1e-4
 NB = openmm.NonbondedForce
 CUBIC_BOX = np.diag([3.0, 3.0, 3.0])
 TRICLINIC_BOX = np.array([[3.0, 0.0, 0.0], [0.9, 2.9, 0.0], [-1.1, 1.2, 3.1]])
-BOXES = {"none": None, "cubic": CUBIC_BOX, "triclinic": TRICLINIC_BOX}
+RECTANGULAR_BOX = np.diag([3.0, 2.4, 2.2])
+BOXES = {"none": None, "cubic": CUBIC_BOX, "triclinic": TRICLINIC_BOX, "rectangular": RECTANGULAR_BOX}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -124,8 +125,9 @@ def test_alanine_dipeptide_with_nonperiodic_cutoff(alanine, switch, dielectric):
 
 
 def synthetic_nonbonded(n: int, seed: int, method, *, cutoff=1.0, switch=None, dispersion=False,
-                        periodic_exceptions=False, dielectric=78.3) -> NB:
-    """Random charges and LJ parameters (a few zero), ordinary exceptions and pure exclusions."""
+                        periodic_exceptions=False, dielectric=78.3, tolerance=None) -> NB:
+    """Random charges and LJ parameters (a few zero), ordinary exceptions and pure exclusions.
+    With ``method`` Ewald the charges are shifted to a neutral total (``tolerance``: Ewald's)."""
     rng = np.random.default_rng(seed)
     force = NB()
     force.setNonbondedMethod(method)
@@ -147,6 +149,15 @@ def synthetic_nonbonded(n: int, seed: int, method, *, cutoff=1.0, switch=None, d
         if index == n - 1:
             charge, epsilon = 0.0, 0.0  # no interactions at all
         force.addParticle(charge, sigma, epsilon)
+    if method == NB.Ewald:
+        charges = np.array([force.getParticleParameters(i)[0].value_in_unit(openmm.unit.elementary_charge) for i in range(n)])
+        charged = np.flatnonzero(charges)
+        charges[charged] -= charges.sum() / len(charged)
+        for i in charged:
+            _, sigma, epsilon = force.getParticleParameters(int(i))
+            force.setParticleParameters(int(i), float(charges[i]), sigma, epsilon)
+        if tolerance is not None:
+            force.setEwaldErrorTolerance(tolerance)
     pairs = rng.choice(n * (n - 1) // 2, size=3 * n // 2, replace=False)
     i_all, j_all = np.triu_indices(n, 1)
     for k, p in enumerate(pairs):
@@ -168,6 +179,11 @@ SYNTHETIC_CASES = {
     "periodic_triclinic": dict(method=NB.CutoffPeriodic, box="triclinic", dispersion=True, dielectric=1.0),
     "periodic_triclinic_switch_periodic_exceptions": dict(
         method=NB.CutoffPeriodic, box="triclinic", switch=0.9, dispersion=True, periodic_exceptions=True),
+    "ewald_cubic": dict(method=NB.Ewald, box="cubic"),
+    "ewald_rectangular_switch_dispersion": dict(method=NB.Ewald, box="rectangular", switch=0.8, dispersion=True,
+                                                tolerance=1e-5),
+    "ewald_rectangular_periodic_exceptions": dict(method=NB.Ewald, box="rectangular", periodic_exceptions=True,
+                                                  tolerance=1e-3),
 }
 
 
@@ -189,7 +205,8 @@ def test_synthetic_nonbonded(case, sigma):
     check_term(NonbondedTerm, force, [1.0] * n, frames, box)
 
 
-@pytest.mark.parametrize("case", ["cutoff_nonperiodic_switch", "periodic_triclinic_switch_periodic_exceptions"])
+@pytest.mark.parametrize("case", ["cutoff_nonperiodic_switch", "periodic_triclinic_switch_periodic_exceptions",
+                                  "ewald_rectangular_switch_dispersion"])
 def test_synthetic_nonbonded_float32(case):
     options = dict(SYNTHETIC_CASES[case])
     box = BOXES[options.pop("box")]
@@ -246,12 +263,36 @@ def test_cutoff_masking_gives_finite_gradients_and_zero_beyond_cutoff():
     assert torch.isfinite(gradient).all() and torch.all(gradient[0] == 0)
 
 
-@pytest.mark.parametrize("method", [NB.Ewald, NB.PME, NB.LJPME], ids=["Ewald", "PME", "LJPME"])
+@pytest.mark.parametrize("method", [NB.PME, NB.LJPME], ids=["PME", "LJPME"])
 def test_unsupported_nonbonded_methods_raise(method):
     force = synthetic_nonbonded(5, seed=1, method=method)
-    name = {NB.Ewald: "Ewald", NB.PME: "PME", NB.LJPME: "LJPME"}[method]
-    with pytest.raises(UnsupportedForceError, match=f"{name} is not supported.*NoCutoff, CutoffNonPeriodic or CutoffPeriodic"):
+    name = {NB.PME: "PME", NB.LJPME: "LJPME"}[method]
+    with pytest.raises(UnsupportedForceError, match=f"{name} is not supported.*CutoffPeriodic or Ewald"):
         NonbondedTerm.from_openmm(force, None)
+
+
+def test_ewald_refuses_a_charged_system_and_a_triclinic_box():
+    force = synthetic_nonbonded(12, seed=3, method=NB.Ewald)
+    force.setParticleParameters(0, 1.0, 0.3, 0.5)  # no longer neutral
+    with pytest.raises(UnsupportedForceError, match="net charge"):
+        NonbondedTerm.from_openmm(force, single_force_system(force, [1.0] * 12, CUBIC_BOX))
+    neutral = synthetic_nonbonded(12, seed=3, method=NB.Ewald)
+    with pytest.raises(UnsupportedForceError, match="triclinic"):
+        NonbondedTerm.from_openmm(neutral, single_force_system(neutral, [1.0] * 12, TRICLINIC_BOX))
+
+
+def test_ewald_parameters_follow_openmm_error_estimate():
+    """alpha = sqrt(-ln(2 tol)) / r_c; kmax the smallest odd count whose error estimate is below tol."""
+    from boltzgen.energy.torch_forces.ewald import _kmax_error, ewald_parameters
+
+    alpha, kmax = ewald_parameters(0.9, 5e-4, (3.0, 2.4, 2.2))
+    assert alpha == pytest.approx(math.sqrt(-math.log(1e-3)) / 0.9, rel=1e-14)
+    for k, length in zip(kmax, (3.0, 2.4, 2.2)):
+        assert k % 2 == 1 and _kmax_error(length, alpha, 5e-4, k) > 0
+        below = k - 1 if _kmax_error(length, alpha, 5e-4, k - 1) <= 0 else k - 2
+        assert _kmax_error(length, alpha, 5e-4, below) <= 0
+    # A tighter tolerance needs more wave vectors.
+    assert all(a >= b for a, b in zip(ewald_parameters(0.9, 1e-6, (3.0, 2.4, 2.2))[1], kmax))
 
 
 def test_pure_exclusions_and_non_interacting_pairs_are_dropped():

@@ -1,9 +1,9 @@
 """OpenMM's ``NonbondedForce`` (Lennard-Jones + Coulomb) as batched torch: `NonbondedTerm`.
 
-Supported: ``NoCutoff``, ``CutoffNonPeriodic`` and ``CutoffPeriodic`` (reaction field), the LJ
-switching function, the dispersion correction, exceptions, and particle / exception parameter
-offsets evaluated at the global parameters' default values. ``Ewald``, ``PME`` and ``LJPME`` raise
-`UnsupportedForceError`.
+Supported: ``NoCutoff``, ``CutoffNonPeriodic``, ``CutoffPeriodic`` (reaction field) and ``Ewald``
+(rectangular box, neutral system; `boltzgen.energy.torch_forces.ewald`), the LJ switching function,
+the dispersion correction, exceptions, and particle / exception parameter offsets evaluated at the
+global parameters' default values. ``PME`` and ``LJPME`` raise `UnsupportedForceError`.
 
 Semantics, read off OpenMM's reference platform (``ReferenceLJCoulombIxn``, ``ReferenceLJCoulomb14``,
 ``ReferenceCalcNonbondedForceKernel``, ``NonbondedForceImpl::calcDispersionCorrection``):
@@ -21,6 +21,11 @@ Semantics, read off OpenMM's reference platform (``ReferenceLJCoulombIxn``, ``Re
   reaction field, no switch, whatever the method. They use the periodic minimum image only for
   ``CutoffPeriodic`` with ``getExceptionsUsePeriodicBoundaryConditions()``. Exceptions with
   ``chargeProd == 0`` and ``epsilon == 0`` (and no parameter offset) are pure exclusions.
+- ``Ewald``: ordinary pairs within the cutoff get ``q_i q_j / (4 pi eps0) erfc(alpha r) / r``
+  (minimum image) instead of the reaction field; LJ, switch, exceptions and dispersion correction
+  as with ``CutoffPeriodic``; plus the reciprocal sum, the self energy and the ``erf`` correction of
+  every exception pair (see the ewald module; minimum-image distances for it only with
+  ``getExceptionsUsePeriodicBoundaryConditions()``, as for the exceptions themselves).
 - Excluded pairs get no reaction-field correction at all in OpenMM (no ``k_rf r^2 - c_rf`` term
   for excluded or exception pairs, and no self term), so none is added here.
 - The dispersion correction (``CutoffPeriodic`` only) is ``coefficient / V`` with ``V`` the product
@@ -44,6 +49,7 @@ from boltzgen.energy.torch_forces.base import (
     as_index_buffer,
     value_of,
 )
+from boltzgen.energy.torch_forces.ewald import EwaldReciprocalSum, ewald_parameters
 from boltzgen.energy.torch_forces.layout import batch_last, displacement_components
 from boltzgen.energy.torch_forces.pairs import all_pairs
 
@@ -88,9 +94,12 @@ class NonbondedTerm(ForceTerm):
         switching_distance: float | None = None,
         exceptions_periodic: bool = False,
         dispersion_coefficient: float = 0.0,
+        ewald: dict | None = None,
     ):
+        """``ewald`` (method ``Ewald`` only): ``charges`` ``[N]`` (e), ``alpha`` (1/nm), ``kmax``
+        (three ints) and ``exclusions`` ``[E, 2]`` (every exception pair), see `from_openmm`."""
         super().__init__()
-        if method not in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic"):
+        if method not in _SUPPORTED_METHODS:
             raise UnsupportedForceError(_unsupported_method_message(method))
         self.method = method
         if method == "NoCutoff":
@@ -114,7 +123,18 @@ class NonbondedTerm(ForceTerm):
         c6, c12 = _lj_coefficients(exception_sigma2, exception_eps4)
         self.register_buffer("exception_c6", c6)
         self.register_buffer("exception_c12", c12)
-        self.periodic = method == "CutoffPeriodic"
+        self.periodic = method in ("CutoffPeriodic", "Ewald")
+        self.ewald = None
+        if method == "Ewald":
+            if ewald is None:
+                raise ValueError("method Ewald needs the ewald parameters (charges, alpha, kmax, exclusions)")
+            charges = np.asarray(ewald["charges"], dtype=np.float64)
+            self.ewald = EwaldReciprocalSum(charges, ewald["alpha"], ewald["kmax"])
+            exclusions = np.asarray(ewald["exclusions"], dtype=np.int64).reshape(-1, 2)
+            exclusion_qq = ONE_4PI_EPS0 * charges[exclusions[:, 0]] * charges[exclusions[:, 1]]
+            keep = exclusion_qq != 0.0
+            self.register_buffer("exclusions", as_index_buffer(exclusions[keep], 2))
+            self.register_buffer("exclusion_qq", as_float_buffer(exclusion_qq[keep]))
         self.exceptions_periodic = bool(exceptions_periodic) and self.periodic
         self.use_cutoff = method != "NoCutoff"
         if self.use_cutoff:
@@ -125,6 +145,8 @@ class NonbondedTerm(ForceTerm):
             # Exactly ReferenceLJCoulombIxn::setUseCutoff.
             self.krf = math.pow(self.cutoff, -3.0) * (eps_rf - 1.0) / (2.0 * eps_rf + 1.0)
             self.crf = (1.0 / self.cutoff) * (3.0 * eps_rf) / (2.0 * eps_rf + 1.0)
+            if method == "Ewald":
+                self.krf = self.crf = 0.0
         else:
             self.cutoff = None
             self.krf = self.crf = 0.0
@@ -141,7 +163,7 @@ class NonbondedTerm(ForceTerm):
     @classmethod
     def from_openmm(cls, force: openmm.NonbondedForce, system: openmm.System | None = None) -> "NonbondedTerm":
         method = _METHOD_NAMES.get(force.getNonbondedMethod(), str(force.getNonbondedMethod()))
-        if method not in ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic"):
+        if method not in _SUPPORTED_METHODS:
             raise UnsupportedForceError(_unsupported_method_message(method))
         n = force.getNumParticles()
         if system is not None and system.getNumParticles() != n:
@@ -178,8 +200,11 @@ class NonbondedTerm(ForceTerm):
         switching = None
         if force.getUseSwitchingFunction() and method != "NoCutoff":
             switching = value_of(force.getSwitchingDistance(), openmm.unit.nanometer)
+        ewald = None
+        if method == "Ewald":
+            ewald = _ewald_setup(force, system, charge, exception_atoms, cutoff)
         dispersion = 0.0
-        if method == "CutoffPeriodic" and force.getUseDispersionCorrection():
+        if method in ("CutoffPeriodic", "Ewald") and force.getUseDispersionCorrection():
             n_system = system.getNumParticles() if system is not None else n
             dispersion = dispersion_correction_coefficient(sigma, epsilon, cutoff, switching, n_system)
         return cls(
@@ -191,15 +216,21 @@ class NonbondedTerm(ForceTerm):
             switching_distance=switching,
             exceptions_periodic=force.getExceptionsUsePeriodicBoundaryConditions(),
             dispersion_coefficient=dispersion,
+            ewald=ewald,
         )
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         if self.periodic and box is None:
-            raise ValueError("NonbondedForce with CutoffPeriodic needs the periodic box")
+            raise ValueError(f"NonbondedForce with {self.method} needs the periodic box")
         points = batch_last(positions)
         energy = self._pair_energy(points, box if self.periodic else None)
         if self.exceptions.shape[0]:
             energy = energy + self._exception_energy(points, box if self.exceptions_periodic else None)
+        if self.ewald is not None:
+            energy = energy + self.ewald(positions, box)
+            if self.exclusions.shape[0]:
+                r = _squared_distances(points, self.exclusions, box if self.exceptions_periodic else None).sqrt()
+                energy = energy - (self.exclusion_qq.unsqueeze(1) * torch.erf(self.ewald.alpha * r) / r).sum(0)
         if self.dispersion_coefficient != 0.0:
             energy = energy + self.dispersion_coefficient / (box[0, 0] * box[1, 1] * box[2, 2])
         return energy
@@ -214,7 +245,11 @@ class NonbondedTerm(ForceTerm):
             lj = lj * (1.0 + t * t * t * (-10.0 + t * (15.0 - 6.0 * t)))
         if not self.use_cutoff:
             return (lj + self.pair_qq.unsqueeze(1) * inverse_r2.sqrt()).sum(0)
-        coulomb = self.pair_qq.unsqueeze(1) * (inverse_r2.sqrt() + self.krf * r2 - self.crf)
+        if self.ewald is not None:
+            inverse_r = inverse_r2.sqrt()
+            coulomb = self.pair_qq.unsqueeze(1) * torch.erfc(self.ewald.alpha * (r2 * inverse_r)) * inverse_r
+        else:
+            coulomb = self.pair_qq.unsqueeze(1) * (inverse_r2.sqrt() + self.krf * r2 - self.crf)
         # Pairs beyond the cutoff have a finite r, hence finite energies and gradients: `where`
         # zeroes both, no NaN can leak in through the branch not taken.
         return torch.where(r2 <= self.cutoff * self.cutoff, lj + coulomb, 0.0).sum(0)
@@ -252,11 +287,35 @@ def _squared_distances(points: torch.Tensor, pairs: torch.Tensor, box: torch.Ten
     return dx * dx + dy * dy + dz * dz
 
 
+_SUPPORTED_METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald")
+
+
 def _unsupported_method_message(method: str) -> str:
     return (
         f"NonbondedForce method {method} is not supported by the torch energy; "
-        "use NoCutoff, CutoffNonPeriodic or CutoffPeriodic"
+        "use NoCutoff, CutoffNonPeriodic, CutoffPeriodic or Ewald"
     )
+
+
+def _ewald_setup(force: openmm.NonbondedForce, system: openmm.System | None, charge: np.ndarray,
+                 exception_atoms, cutoff: float) -> dict:
+    """Charges, OpenMM's alpha and kmax, and the exclusion pairs of an Ewald ``NonbondedForce``.
+
+    ``UnsupportedForceError`` for a triclinic box or a net charge (OpenMM's neutralising-background
+    term is not reproduced)."""
+    if system is None:
+        raise ValueError("NonbondedTerm.from_openmm needs the System for Ewald (its default box)")
+    a, b, c = (vector.value_in_unit(openmm.unit.nanometer) for vector in system.getDefaultPeriodicBoxVectors())
+    if a[1] != 0 or a[2] != 0 or b[0] != 0 or b[2] != 0 or c[0] != 0 or c[1] != 0:
+        raise UnsupportedForceError("Ewald with a triclinic box is not supported by the torch energy (nor by OpenMM)")
+    net_charge = float(charge.sum())
+    if abs(net_charge) > 1e-6:
+        raise UnsupportedForceError(
+            f"Ewald for a system with net charge {net_charge:.4g} e is not supported by the torch energy"
+        )
+    alpha, kmax = ewald_parameters(cutoff, force.getEwaldErrorTolerance(), (a[0], b[1], c[2]))
+    return {"charges": charge, "alpha": alpha, "kmax": kmax,
+            "exclusions": np.asarray(exception_atoms, dtype=np.int64).reshape(-1, 2)}
 
 
 def _particle_parameters(force: openmm.NonbondedForce, globals_: dict[str, float]):
