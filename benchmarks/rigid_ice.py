@@ -264,7 +264,7 @@ def parse_args(argv):
                         help="torch CPU threads (1: the small batches are fastest on one thread)")
     system = parser.add_argument_group("system and MD")
     system.add_argument("--proton-order", default="genice2", choices=["genice2", "Cmc2_1"])
-    system.add_argument("--electrostatics", default="PME", choices=["PME", "reaction_field"])
+    system.add_argument("--electrostatics", default="PME", choices=["PME", "Ewald", "reaction_field"])
     system.add_argument("--t-base", type=float, default=250.0, help="K")
     system.add_argument("--t-target", type=float, default=100.0, help="K")
     system.add_argument("--train-frames", type=int, help="base (250 K) MD frames for training")
