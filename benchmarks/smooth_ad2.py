@@ -11,8 +11,12 @@
    flow's potential inside OpenMM (TorchForce + VerletIntegrator, ``--openmm-replicas``
    replicas): total-energy drift (slope of a linear fit, kJ/mol/ps, median over replicas),
    fluctuation (std, kJ/mol, median) and replicas that blew up / left the support.
+4. Stiffness: the highest normal-mode angular frequency times the timestep, ``omega_max dt``
+   (`boltzgen.dynamics.highest_frequency`), median and maximum over held-out frames, for the force
+   field and each flow potential. Velocity Verlet needs it well below 1 to conserve energy.
 
-    python benchmarks/smooth_ad2.py [--out-dir D] [--nve-ps 10] [--replicas 10]
+    python benchmarks/smooth_ad2.py [--out-dir D] [--nve-ps 10] [--replicas 10] [--timestep-fs 1]
+                                    [--fm-weight W]
 (run it with the torch 2.9.1 + openmmtorch environment of the README to include the OpenMM part)
 """
 
@@ -28,7 +32,13 @@ import numpy as np
 import torch
 
 from boltzgen.energy import TorchEnergy
-from boltzgen.dynamics import VelocityVerlet, maxwell_boltzmann_velocities, per_coordinate_masses, simulate
+from boltzgen.dynamics import (
+    VelocityVerlet,
+    highest_frequency,
+    maxwell_boltzmann_velocities,
+    per_coordinate_masses,
+    simulate,
+)
 from boltzgen.job import PROFILES, RunOptions, load_trained_generator, run_job
 from boltzgen.job.model import in_support
 from boltzgen.sampling.flow_energy import FlowEnergy
@@ -66,6 +76,13 @@ def force_rmse(setup, n_frames: int = 2000) -> float:
     return float(torch.cat(errors).mean().sqrt())
 
 
+def held_out_frames(setup, n_frames: int) -> torch.Tensor:
+    """``n_frames`` evenly spaced held-out frames ``[n, D]`` inside the model's support (float64)."""
+    x = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // n_frames)][:n_frames],
+                        dtype=torch.float64)
+    return x[in_support(setup.generator, x)]
+
+
 def nve_statistics(times_ps: np.ndarray, total: np.ndarray, failed: np.ndarray) -> dict:
     """Drift (kJ/mol/ps) and fluctuation (kJ/mol) of the total energy ``[S, R]``, medians over
     the replicas that did not fail."""
@@ -81,17 +98,24 @@ def nve_statistics(times_ps: np.ndarray, total: np.ndarray, failed: np.ndarray) 
     }
 
 
-def run_nve(energy, masses, x0, n_steps: int, seed: int) -> dict:
+def stiffness(energy, masses, x: torch.Tensor, timestep_ps: float, seed: int) -> dict:
+    """``omega_max dt`` (median, max) over the frames ``x``."""
+    omega = highest_frequency(energy, x, masses, n_iterations=100, generator=torch.Generator().manual_seed(seed))
+    scaled = (omega * timestep_ps).numpy()
+    return {"omega_dt_median": float(np.median(scaled)), "omega_dt_max": float(scaled.max())}
+
+
+def run_nve(energy, masses, x0, n_steps: int, seed: int, timestep_ps: float) -> dict:
     m = per_coordinate_masses(masses, x0.shape[1], x0.dtype)
     v0 = maxwell_boltzmann_velocities(m, kt_kj_per_mol(TEMPERATURE), x0.shape[0], torch.Generator().manual_seed(seed))
-    integrator = VelocityVerlet(energy, 0.001, masses)
+    integrator = VelocityVerlet(energy, timestep_ps, masses)
     start = time.perf_counter()
     _, record = simulate(integrator, integrator.initial_state(x0, v0), n_steps, report_interval=10, keep_positions=False)
     stats = nve_statistics(record.time_ps.numpy(), record.total.double().numpy(), record.failed.numpy())
     return stats | {"wall_s": time.perf_counter() - start}
 
 
-def run_openmm_nve(setup, generator, x0, n_steps: int, seed: int) -> dict:
+def run_openmm_nve(setup, generator, x0, n_steps: int, seed: int, timestep_ps: float) -> dict:
     import openmm
     from openmm import unit
 
@@ -101,7 +125,7 @@ def run_openmm_nve(setup, generator, x0, n_steps: int, seed: int) -> dict:
     totals, failed = [], []
     start = time.perf_counter()
     for r, x in enumerate(x0):
-        integrator = openmm.VerletIntegrator(0.001)
+        integrator = openmm.VerletIntegrator(timestep_ps)
         context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
         context.setPositions(x.reshape(-1, 3).numpy())
         context.setVelocitiesToTemperature(TEMPERATURE, seed + r)
@@ -113,7 +137,7 @@ def run_openmm_nve(setup, generator, x0, n_steps: int, seed: int) -> dict:
         series = np.asarray(series)
         failed.append(not np.isfinite(series).all())
         totals.append(np.nan_to_num(series, nan=0.0, posinf=0.0, neginf=0.0))
-    times = 0.01 * np.arange(len(totals[0]))
+    times = 10 * timestep_ps * np.arange(len(totals[0]))
     return nve_statistics(times, np.stack(totals, 1), np.asarray(failed)) | {"wall_s": time.perf_counter() - start}
 
 
@@ -124,18 +148,28 @@ def main(argv=None) -> int:
     parser.add_argument("--nve-ps", type=float, default=10.0)
     parser.add_argument("--replicas", type=int, default=10)
     parser.add_argument("--openmm-replicas", type=int, default=2)
+    parser.add_argument("--timestep-fs", type=float, default=1.0, help="NVE timestep (fs)")
+    parser.add_argument("--fm-weight", type=float, default=None,
+                        help="force-matching weight of the *_nll_fm models (default: the profile's); "
+                             "a non-default weight trains into <label>_w<weight>")
+    parser.add_argument("--stiffness-frames", type=int, default=32)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--smoke", action="store_true", help="seconds-long check of the script (meaningless numbers)")
     args = parser.parse_args(argv)
     profile = replace(PROFILES["smoke"], name="smoke_no_kl", kl_steps=0) if args.smoke else PROFILE
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    n_steps = int(round(args.nve_ps / 0.001))
+    timestep_ps = args.timestep_fs / 1000.0
+    n_steps = int(round(args.nve_ps / timestep_ps))
     rows = {}
     reference_setup = None
     for label in args.models:
         flow, loss = MODELS[label]
-        summary = train(args.out_dir / label, flow, loss, args.seed, profile)
-        setup = load_trained_generator(args.out_dir / label, device="cpu")
+        model_dir = args.out_dir / label
+        if "fm" in loss and args.fm_weight is not None and args.fm_weight != profile.force_weight:
+            loss = loss.replace("fm", f"fm={args.fm_weight:g}")
+            model_dir = args.out_dir / f"{label}_w{args.fm_weight:g}"
+        summary = train(model_dir, flow, loss, args.seed, profile)
+        setup = load_trained_generator(model_dir, device="cpu")
         reference_setup = reference_setup or setup
         masses = [setup.system.openmm_system.getParticleMass(i)._value for i in range(setup.system.n_atoms)]
         x0 = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // args.replicas)][: args.replicas],
@@ -147,13 +181,15 @@ def main(argv=None) -> int:
             "held_out_nll_per_dim": summary["held_out_nll_per_dim"], "delta_f_kT": summary["delta_f_kT"],
             "training_wall_s": summary["training_wall_s"],
             "force_rmse_kT_per_nm": force_rmse(setup),
-            "nve_boltzgen": run_nve(energy, masses, x0, n_steps, args.seed),
+            "stiffness": stiffness(energy, masses, held_out_frames(setup, args.stiffness_frames), timestep_ps, args.seed),
+            "nve_boltzgen": run_nve(energy, masses, x0, n_steps, args.seed, timestep_ps),
         }
         try:
             from boltzgen.openmm import openmm_torch_available
 
             if openmm_torch_available() and flow == "smooth" and args.openmm_replicas > 0:
-                row["nve_openmm"] = run_openmm_nve(setup, generator, x0[: args.openmm_replicas], n_steps, args.seed)
+                row["nve_openmm"] = run_openmm_nve(setup, generator, x0[: args.openmm_replicas], n_steps, args.seed,
+                                                   timestep_ps)
         except Exception as error:  # the OpenMM part is optional; report why it did not run
             row["nve_openmm"] = {"error": f"{type(error).__name__}: {error}"}
         rows[label] = row
@@ -165,23 +201,28 @@ def main(argv=None) -> int:
     x0 = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // args.replicas)][: args.replicas],
                          dtype=torch.float64)
     force_field = TorchEnergy.from_openmm(setup.system.openmm_system, TEMPERATURE, dtype=torch.float64)
-    force_field_nve = run_nve(force_field, masses, x0, n_steps, args.seed)
+    force_field_nve = run_nve(force_field, masses, x0, n_steps, args.seed, timestep_ps)
+    force_field_stiffness = stiffness(force_field, masses, held_out_frames(setup, args.stiffness_frames), timestep_ps,
+                                      args.seed)
 
-    print(f"\nAlanine dipeptide, NVE {args.nve_ps} ps at 1 fs, {args.replicas} replicas (OpenMM: {args.openmm_replicas})")
-    print(f"{'model':15s} {'ESS':>6s} {'NLL/dim':>8s} {'F-RMSE':>7s} {'drift':>8s} {'fluct':>7s} {'failed':>6s}")
-    ff = force_field_nve
-    print(f"{'force field':15s} {'':6s} {'':8s} {'':7s} {ff['drift_kj_per_mol_ps']:8.3f} {ff['fluctuation_kj_per_mol']:7.3f} {ff['n_failed']:6d}")
+    print(f"\nAlanine dipeptide, NVE {args.nve_ps} ps at {args.timestep_fs:g} fs, {args.replicas} replicas "
+          f"(OpenMM: {args.openmm_replicas}); omega_max dt median / max over {args.stiffness_frames} held-out frames")
+    print(f"{'model':15s} {'ESS':>6s} {'NLL/dim':>8s} {'F-RMSE':>7s} {'drift':>8s} {'fluct':>7s} {'failed':>6s} {'w dt':>11s}")
+    ff, fs = force_field_nve, force_field_stiffness
+    print(f"{'force field':15s} {'':6s} {'':8s} {'':7s} {ff['drift_kj_per_mol_ps']:8.3f} {ff['fluctuation_kj_per_mol']:7.3f} "
+          f"{ff['n_failed']:6d} {fs['omega_dt_median']:5.2f}/{fs['omega_dt_max']:5.2f}")
     for label, r in rows.items():
         nve = r["nve_boltzgen"]
         drift = "n/a" if nve["drift_kj_per_mol_ps"] is None else f"{nve['drift_kj_per_mol_ps']:.3f}"
         fluct = "n/a" if nve["fluctuation_kj_per_mol"] is None else f"{nve['fluctuation_kj_per_mol']:.3f}"
+        st = r["stiffness"]
         print(f"{label:15s} {r['ess']:6.3f} {r['held_out_nll_per_dim']:8.3f} {r['force_rmse_kT_per_nm']:7.1f} "
-              f"{drift:>8s} {fluct:>7s} {nve['n_failed']:6d}")
+              f"{drift:>8s} {fluct:>7s} {nve['n_failed']:6d} {st['omega_dt_median']:5.2f}/{st['omega_dt_max']:5.2f}")
         if "nve_openmm" in r:
             print(f"{'  via OpenMM':15s} {json.dumps(r['nve_openmm'])}")
     (args.out_dir / "smooth_ad2.json").write_text(json.dumps({
         "settings": {k: str(v) for k, v in vars(args).items()}, "profile": profile.as_dict(),
-        "force_field_nve": force_field_nve, "models": rows,
+        "force_field_nve": force_field_nve, "force_field_stiffness": force_field_stiffness, "models": rows,
         "published": {"force_rmse_kT_per_nm": 55.6, "nve": "±5 kJ/mol over 5 ps for Amber and the smooth flow; spline flow blew up within 1 ps"},
     }, indent=1, default=str))
     return 0

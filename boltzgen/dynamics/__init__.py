@@ -10,6 +10,7 @@ from boltzgen.dynamics.integrators import (
     per_coordinate_masses,
     simulate,
 )
+from boltzgen.dynamics.stability import highest_frequency
 from boltzgen.dynamics.kernels import (
     EnergyLike,
     energy_and_force,
@@ -27,6 +28,7 @@ __all__ = [
     "maxwell_boltzmann_velocities",
     "per_coordinate_masses",
     "simulate",
+    "highest_frequency",
     "EnergyLike",
     "energy_and_force",
     "mala_step",
