@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nve-ps", type=float, default=10.0)
     parser.add_argument("--replicas", type=int, default=10)
-    parser.add_argument("--openmm-replicas", type=int, default=2)
+    parser.add_argument("--openmm-replicas", type=int, default=1)
+    parser.add_argument("--openmm-nve-ps", type=float, default=2.0,
+                        help="length of the OpenMM NVE (TorchForce on one CPU thread: ~1 min per ps)")
     parser.add_argument("--timestep-fs", type=float, default=1.0, help="NVE timestep (fs)")
     parser.add_argument("--fm-weight", type=float, default=None,
                         help="force-matching weight of the *_nll_fm models (default: the profile's); "
@@ -188,8 +190,8 @@ def main(argv=None) -> int:
             from boltzgen.openmm import openmm_torch_available
 
             if openmm_torch_available() and flow == "smooth" and args.openmm_replicas > 0:
-                row["nve_openmm"] = run_openmm_nve(setup, generator, x0[: args.openmm_replicas], n_steps, args.seed,
-                                                   timestep_ps)
+                row["nve_openmm"] = run_openmm_nve(setup, generator, x0[: args.openmm_replicas],
+                                                   int(round(args.openmm_nve_ps / timestep_ps)), args.seed, timestep_ps)
         except Exception as error:  # the OpenMM part is optional; report why it did not run
             row["nve_openmm"] = {"error": f"{type(error).__name__}: {error}"}
         rows[label] = row
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
                                       args.seed)
 
     print(f"\nAlanine dipeptide, NVE {args.nve_ps} ps at {args.timestep_fs:g} fs, {args.replicas} replicas "
-          f"(OpenMM: {args.openmm_replicas}); omega_max dt median / max over {args.stiffness_frames} held-out frames")
+          f"(OpenMM: {args.openmm_replicas} x {args.openmm_nve_ps} ps); omega_max dt median / max over {args.stiffness_frames} held-out frames")
     print(f"{'model':15s} {'ESS':>6s} {'NLL/dim':>8s} {'F-RMSE':>7s} {'drift':>8s} {'fluct':>7s} {'failed':>6s} {'w dt':>11s}")
     ff, fs = force_field_nve, force_field_stiffness
     print(f"{'force field':15s} {'':6s} {'':8s} {'':7s} {ff['drift_kj_per_mol_ps']:8.3f} {ff['fluctuation_kj_per_mol']:7.3f} "
