@@ -307,6 +307,9 @@ def parse_args(argv):
     flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
     flow.add_argument("--energy-workers", type=int, default=None, help="OpenMM energy processes (default: cores)")
     flow.add_argument("--n-bootstrap", type=int, default=200)
+    flow.add_argument("--init-flow", type=Path, default=None,
+                      help="warm start: train on from the flow stored in this flow .pt file (same architecture); "
+                           "the result goes to <work-dir>/flow_from_<name>.pt")
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke else "full"]
     for key, value in profile.items():
@@ -448,6 +451,11 @@ def main(argv=None) -> int:
         energy_backend=energy.backend,
     )
     flow_path = work_dir / "flow.pt"
+    if args.init_flow is not None:
+        initial = torch.load(args.init_flow, map_location=device, weights_only=False)
+        flow.load_state_dict(initial["state_dict"])
+        flow_params["init_flow"] = dict(path=str(args.init_flow), params=initial["params"])
+        flow_path = work_dir / f"flow_from_{args.init_flow.stem}.pt"
     stored = torch.load(flow_path, map_location=device, weights_only=False) if flow_path.exists() else None
     if stored is not None and stored["params"] == _canonical(flow_params):
         flow.load_state_dict(stored["state_dict"])
