@@ -93,24 +93,24 @@ class EwaldReciprocalSum(torch.nn.Module):
         kx, ky, kz = self.kmax
         # Integer wave vectors: n_x in [0, kx), n_y in (-ky, ky), n_z in (-kz, kz); the half space
         # keeps n_x > 0, or n_x = 0 and n_y > 0, or n_x = n_y = 0 and n_z > 0 (OpenMM's loop bounds).
-        nx = torch.arange(kx, dtype=torch.float64).view(-1, 1, 1)
-        ny = torch.arange(-(ky - 1), ky, dtype=torch.float64).view(1, -1, 1)
-        nz = torch.arange(-(kz - 1), kz, dtype=torch.float64).view(1, 1, -1)
+        nx = torch.arange(kx, dtype=torch.float64)
+        ny = torch.arange(-(ky - 1), ky, dtype=torch.float64)
+        nz = torch.arange(-(kz - 1), kz, dtype=torch.float64)
+        self.register_buffer("order_x", nx)
+        self.register_buffer("order_y", ny)
+        self.register_buffer("order_z", nz)
+        nx, ny, nz = nx.view(-1, 1, 1), ny.view(1, -1, 1), nz.view(1, 1, -1)
         half = (nx > 0) | ((nx == 0) & (ny > 0)) | ((nx == 0) & (ny == 0) & (nz > 0))
         self.register_buffer("half_space", half.to(torch.float64))
-        self.register_buffer("orders", torch.cat([nx.flatten(), ny.flatten(), nz.flatten()]))
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         dtype = positions.dtype
-        kx, ky, kz = self.kmax
         lengths = torch.diagonal(box).to(dtype)
         x = positions.index_select(1, self.charged_atoms)  # [B, M, 3]
-        orders = self.orders.to(dtype)
+        # Wave numbers per axis, 2 pi n / L (1/nm), and phase tables [B, M, n].
         gx, gy, gz = (2.0 * math.pi) / lengths
-        # Phase tables [B, M, n] per axis.
-        phase_x = x[..., 0:1] * (gx * orders[:kx])
-        phase_y = x[..., 1:2] * (gy * orders[kx:kx + 2 * ky - 1])
-        phase_z = x[..., 2:3] * (gz * orders[kx + 2 * ky - 1:])
+        wx, wy, wz = gx * self.order_x.to(dtype), gy * self.order_y.to(dtype), gz * self.order_z.to(dtype)
+        phase_x, phase_y, phase_z = x[..., 0:1] * wx, x[..., 1:2] * wy, x[..., 2:3] * wz
         q = self.charges.to(dtype).view(1, -1, 1)
         cx, sx = q * torch.cos(phase_x), q * torch.sin(phase_x)
         cy, sy = torch.cos(phase_y), torch.sin(phase_y)
@@ -120,8 +120,7 @@ class EwaldReciprocalSum(torch.nn.Module):
         im_xy = cx.unsqueeze(-1) * sy.unsqueeze(-2) + sx.unsqueeze(-1) * cy.unsqueeze(-2)
         s_re = torch.einsum("bmxy,bmz->bxyz", re_xy, cz) - torch.einsum("bmxy,bmz->bxyz", im_xy, sz)
         s_im = torch.einsum("bmxy,bmz->bxyz", re_xy, sz) + torch.einsum("bmxy,bmz->bxyz", im_xy, cz)
-        k2 = ((gx * orders[:kx]) ** 2).view(-1, 1, 1) + ((gy * orders[kx:kx + 2 * ky - 1]) ** 2).view(1, -1, 1) \
-            + ((gz * orders[kx + 2 * ky - 1:]) ** 2).view(1, 1, -1)
+        k2 = (wx * wx).view(-1, 1, 1) + (wy * wy).view(1, -1, 1) + (wz * wz).view(1, 1, -1)
         half = self.half_space.to(dtype)
         # k = 0 lies outside the half space; give it k^2 = 1 so the masked weight stays finite.
         k2 = torch.where(half > 0, k2, torch.ones_like(k2))

@@ -28,7 +28,7 @@ Semantics, read off OpenMM's reference platform (``ReferenceLJCoulombIxn``, ``Re
   ``getExceptionsUsePeriodicBoundaryConditions()``, as for the exceptions themselves).
 - Excluded pairs get no reaction-field correction at all in OpenMM (no ``k_rf r^2 - c_rf`` term
   for excluded or exception pairs, and no self term), so none is added here.
-- The dispersion correction (``CutoffPeriodic`` only) is ``coefficient / V`` with ``V`` the product
+- The dispersion correction (``CutoffPeriodic`` and ``Ewald`` only) is ``coefficient / V`` with ``V`` the product
   of the box diagonal and the coefficient computed once, at build time, as OpenMM does (particle
   classes by (sigma, epsilon), the switched integral when switching is on).
 """
@@ -141,12 +141,13 @@ class NonbondedTerm(ForceTerm):
             if cutoff is None or cutoff <= 0:
                 raise ValueError(f"method {method} needs a positive cutoff, got {cutoff}")
             self.cutoff = float(cutoff)
-            eps_rf = float(reaction_field_dielectric)
-            # Exactly ReferenceLJCoulombIxn::setUseCutoff.
-            self.krf = math.pow(self.cutoff, -3.0) * (eps_rf - 1.0) / (2.0 * eps_rf + 1.0)
-            self.crf = (1.0 / self.cutoff) * (3.0 * eps_rf) / (2.0 * eps_rf + 1.0)
-            if method == "Ewald":
+            if method == "Ewald":  # no reaction field: the direct-space term is erfc(alpha r) / r
                 self.krf = self.crf = 0.0
+            else:
+                eps_rf = float(reaction_field_dielectric)
+                # Exactly ReferenceLJCoulombIxn::setUseCutoff.
+                self.krf = math.pow(self.cutoff, -3.0) * (eps_rf - 1.0) / (2.0 * eps_rf + 1.0)
+                self.crf = (1.0 / self.cutoff) * (3.0 * eps_rf) / (2.0 * eps_rf + 1.0)
         else:
             self.cutoff = None
             self.krf = self.crf = 0.0
