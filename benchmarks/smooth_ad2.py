@@ -78,10 +78,15 @@ def force_rmse(setup, n_frames: int = 2000) -> float:
     return float(torch.cat(errors).mean().sqrt())
 
 
+def evenly_spaced_held_out(setup, n_frames: int) -> torch.Tensor:
+    """``n_frames`` evenly spaced held-out frames ``[n, D]`` (float64, nm)."""
+    positions = setup.held_out.positions
+    return torch.as_tensor(positions[:: max(1, setup.held_out.n_frames // n_frames)][:n_frames], dtype=torch.float64)
+
+
 def held_out_frames(setup, n_frames: int) -> torch.Tensor:
-    """``n_frames`` evenly spaced held-out frames ``[n, D]`` inside the model's support (float64)."""
-    x = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // n_frames)][:n_frames],
-                        dtype=torch.float64)
+    """`evenly_spaced_held_out` frames inside the model's support."""
+    x = evenly_spaced_held_out(setup, n_frames)
     return x[in_support(setup.generator, x)]
 
 
@@ -179,8 +184,7 @@ def main(argv=None) -> int:
         setup = load_trained_generator(model_dir, device="cpu")
         reference_setup = reference_setup or setup
         masses = [setup.system.openmm_system.getParticleMass(i)._value for i in range(setup.system.n_atoms)]
-        x0 = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // args.replicas)][: args.replicas],
-                             dtype=torch.float64)
+        x0 = evenly_spaced_held_out(setup, args.replicas)
         generator = setup.generator.double()
         energy = FlowEnergy(generator, support=lambda x, g=generator: in_support(g, x), temperature=TEMPERATURE)
         row = {
@@ -205,8 +209,7 @@ def main(argv=None) -> int:
 
     setup = reference_setup
     masses = [setup.system.openmm_system.getParticleMass(i)._value for i in range(setup.system.n_atoms)]
-    x0 = torch.as_tensor(setup.held_out.positions[:: max(1, setup.held_out.n_frames // args.replicas)][: args.replicas],
-                         dtype=torch.float64)
+    x0 = evenly_spaced_held_out(setup, args.replicas)
     force_field = TorchEnergy.from_openmm(setup.system.openmm_system, TEMPERATURE, dtype=torch.float64)
     force_field_nve = run_nve(force_field, masses, x0, n_steps, args.seed, timestep_ps)
     force_field_stiffness = stiffness(force_field, masses, held_out_frames(setup, args.stiffness_frames), timestep_ps,
