@@ -184,7 +184,8 @@ def run_md_states(states: list[dict], args, work_dir: Path) -> dict[str, dict]:
                   equilibration=args.equilibration, timestep_fs=args.timestep_fs, platform=args.md_platform)
     results, pending = {}, []
     for state in states:
-        params = dict(common, temperature=state["temperature"], n_samples=state["n_samples"],
+        own = dict(common, stride=state.get("stride", args.stride))
+        params = dict(own, temperature=state["temperature"], n_samples=state["n_samples"],
                       keep_positions=state["keep_positions"], md_chunk=args.md_chunk, seed=args.seed,
                       name=state["name"])
         path = work_dir / f"md_{state['name']}.npz"
@@ -194,14 +195,15 @@ def run_md_states(states: list[dict], args, work_dir: Path) -> dict[str, dict]:
             continue
         n_chunks = math.ceil(state["n_samples"] / args.md_chunk)
         sizes = [len(part) for part in np.array_split(np.arange(state["n_samples"]), n_chunks)]
-        tasks = [dict(common, temperature=state["temperature"], n_samples=size, keep_positions=state["keep_positions"],
+        tasks = [dict(own, temperature=state["temperature"], n_samples=size, keep_positions=state["keep_positions"],
                       seed=_seed(args.seed, state["name"], chunk)) for chunk, size in enumerate(sizes)]
         pending.append((state, params, path, tasks))
     all_tasks = [task for *_, tasks in pending for task in tasks]
     if all_tasks:
         n_workers = max(1, min(args.md_workers, len(all_tasks)))
-        print(f"MD: {len(all_tasks)} runs ({sum(t['n_samples'] for t in all_tasks)} frames, stride {args.stride} x "
-              f"{args.timestep_fs:g} fs) on {n_workers} worker(s), OpenMM platform {args.md_platform}", flush=True)
+        strides = sorted({t["stride"] for t in all_tasks})
+        print(f"MD: {len(all_tasks)} runs ({sum(t['n_samples'] for t in all_tasks)} frames, stride "
+              f"{'/'.join(map(str, strides))} x {args.timestep_fs:g} fs) on {n_workers} worker(s), OpenMM platform {args.md_platform}", flush=True)
         if n_workers == 1:
             outputs = [_md_chunk(task) for task in all_tasks]
         else:
@@ -279,6 +281,9 @@ def parse_args(argv):
     system.add_argument("--eval-frames", type=int, help="independent base MD frames for the estimates")
     system.add_argument("--target-frames", type=int, help="MD frames at the target temperature for BAR (0: no BAR)")
     system.add_argument("--stride", type=int, help="MD steps between frames")
+    system.add_argument("--train-stride", type=int,
+                        help="MD steps between training frames (default: --stride); a longer one gives the flow "
+                             "more independent training data for more MD"),
     system.add_argument("--equilibration", type=int, help="MD steps discarded at the start of each run")
     system.add_argument("--timestep-fs", type=float)
     system.add_argument("--md-chunk", type=int, help="frames per independent MD run")
@@ -315,6 +320,8 @@ def parse_args(argv):
     for key, value in profile.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.train_stride is None:
+        args.train_stride = args.stride
     if args.work_dir is None:
         args.work_dir = REPO / "out" / ("rigid_ice_smoke" if args.smoke else "rigid_ice")
     if args.json is None:
@@ -353,7 +360,8 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- MD: base, target, ladder
     n_ladder = args.ladder_temperatures or automatic_ladder_size(t_base, t_target, N_MOLECULES, args.ladder_spacing)
     temperatures = temperature_ladder(n_ladder, t_base, t_target)
-    states = [dict(name="base_train", temperature=t_base, n_samples=args.train_frames, keep_positions=True),
+    states = [dict(name="base_train", temperature=t_base, n_samples=args.train_frames, keep_positions=True,
+                   stride=args.train_stride),
               dict(name="base_eval", temperature=t_base, n_samples=args.eval_frames, keep_positions=True)]
     if args.target_frames:
         states.append(dict(name="target", temperature=t_target, n_samples=args.target_frames, keep_positions=True))
@@ -441,7 +449,7 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- training (cached)
     x_train, u_base_train = frames["base_train"], ratio * u_target_frames["base_train"].to(device=device, dtype=dtype)
     flow_params = dict(
-        md=_canonical(dict(train=args.train_frames, stride=args.stride, chunk=args.md_chunk,
+        md=_canonical(dict(train=args.train_frames, stride=args.train_stride, chunk=args.md_chunk,
                            equilibration=args.equilibration, timestep_fs=args.timestep_fs,
                            electrostatics=args.electrostatics, proton_order=args.proton_order)),
         n_blocks=args.n_blocks, conditioner=args.conditioner, hidden=list(args.hidden),
@@ -486,6 +494,9 @@ def main(argv=None) -> int:
                             batch_size=args.eval_batch)
     log_w = -works_f
     flow_ess = ess(log_w)
+    # the same on as many training frames, evenly spaced: a much higher ESS there means overfitting
+    pick = torch.linspace(0, len(x_train) - 1, min(len(x_train), len(x_eval))).round().long().to(device)
+    train_ess = ess(-forward_works(flow, x_train[pick], u_base_train[pick], energy, batch_size=args.eval_batch))
     df_lfep = lfep(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
     df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
@@ -505,6 +516,7 @@ def main(argv=None) -> int:
     rows = [
         ("ESS (LFEP weights, held-out frames)", f"{flow_ess:.4f}", f"{PUBLISHED['ess']:.4f}",
          f">= {TARGETS['ess']:.2f}", verdict(flow_ess >= TARGETS["ess"])),
+        ("ESS on training frames (same count)", f"{train_ess:.4f}", "", "", ""),
         ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
         ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
         ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
@@ -536,7 +548,7 @@ def main(argv=None) -> int:
     summary = dict(
         benchmark="rigid_ice", smoke=bool(args.smoke), system=system.description,
         temperatures_K=[t_base, t_target], n_molecules=n,
-        ess=flow_ess, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
+        ess=flow_ess, ess_train_frames=train_ess, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
         df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
         df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
         df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,
