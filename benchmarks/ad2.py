@@ -5,7 +5,12 @@ reference data, then prints one table — ESS (raw and top-0.2%-filtered), dF(ph
 error against the umbrella-sampling reference, E-W2, T-W2, energy evaluations, wall time — with
 the targets of BENCHMARKS.md and the published numbers beside them, and writes a JSON file.
 
-    python benchmarks/ad2.py [--profiles quick] [--seeds 0] [--out-dir benchmarks/results/ad2]
+    python benchmarks/ad2.py [--profiles quick] [--seeds 0 1 2 3 4] [--flow spline|smooth] [--loss TERMS]
+                             [--out-dir benchmarks/results/ad2]
+
+A run directory that already holds a finished run (``<out-dir>/<profile>[_<flow>]_seed<S>``) is
+resumed, i.e. only sampled and evaluated again. With several seeds the table ends with how many
+met each target.
 """
 
 from __future__ import annotations
@@ -41,17 +46,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out-dir", type=Path, default=RESULTS / "ad2")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--flow", default="spline", choices=["spline", "smooth"], help="as boltzgen run --flow")
+    parser.add_argument("--loss", default=None, help="as boltzgen run --loss (default: the job's)")
     args = parser.parse_args(argv)
 
     rows = []
     for profile in args.profiles:
         for seed in args.seeds:
-            out = args.out_dir / f"{profile}_seed{seed}"
+            out = args.out_dir / f"{profile}{'' if args.flow == 'spline' else '_' + args.flow}_seed{seed}"
             summary = run_job(RunOptions("alanine_dipeptide_implicit", str(out), profile=profile, seed=seed,
-                                         device=args.device, quiet=True))
+                                         device=args.device, quiet=True, flow=args.flow, loss=args.loss))
             error = summary["delta_f_error_vs_reference_kT"]
             rows.append({
-                "profile": profile, "seed": seed, "ess": summary["ess"], "ess_filtered": summary["ess_filtered"],
+                "profile": profile, "flow": summary["flow"], "loss_weights": summary["loss_weights"],
+                "seed": seed, "ess": summary["ess"], "ess_filtered": summary["ess_filtered"],
                 "delta_f_kT": summary["delta_f_kT"], "delta_f_err_kT": summary["delta_f_err_kT"],
                 "reference_delta_f_kT": summary["reference_delta_f_kT"],
                 "delta_f_abs_error_kT": None if error is None else abs(error),
@@ -73,6 +81,17 @@ def main(argv=None) -> int:
             f" dF {verdict(err, t.get('delta_f_abs_error_kT'), False)}"
             f" E-W2 {verdict(row['e_w2'], t.get('e_w2'), False)} T-W2 {verdict(row['t_w2'], t.get('t_w2'), False)}"
         )
+    for profile in args.profiles:
+        mine = [row for row in rows if row["profile"] == profile]
+        t = TARGETS.get(profile, {})
+        if len(mine) > 1 and t:
+            counts = []
+            for key, higher in (("ess", True), ("delta_f_abs_error_kT", False), ("e_w2", False), ("t_w2", False)):
+                if t.get(key) is not None:
+                    met = sum(verdict(row[key], t[key], higher) == "ok" for row in mine)
+                    counts.append(f"{key} {met}/{len(mine)}")
+            print(f"{profile}: targets met in " + ", ".join(counts) + f" seeds; median ESS "
+                  f"{sorted(row['ess'] for row in mine)[len(mine) // 2]:.3f}")
     print("published (ESS, E-W2, T-W2): " + "; ".join(f"{k} {v}" for k, v in PUBLISHED.items()))
     write_json_atomic(args.out_dir / "ad2.json", {"benchmark": "ad2", "rows": rows, "targets": TARGETS,
                                                   "published": PUBLISHED, "cpu_count": os.cpu_count()})
