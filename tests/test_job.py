@@ -96,6 +96,11 @@ def test_loss_specs():
     assert loss_weights(None, quick) == {"nll": 1.0, "fm": quick.force_weight, "kl": quick.kl_weight}
     assert loss_weights("nll,kl", quick) == {"nll": 1.0, "fm": 0.0, "kl": quick.kl_weight}
     assert loss_weights("fm=2", quick) == {"nll": 0.0, "fm": 2.0, "kl": 0.0}
+    # smooth flows take their own (much larger) default force-matching weight
+    assert quick.smooth_force_weight > quick.force_weight
+    assert loss_weights(None, quick, "smooth")["fm"] == quick.smooth_force_weight
+    assert loss_weights("nll,fm", quick, "smooth") == {"nll": 1.0, "fm": quick.smooth_force_weight, "kl": 0.0}
+    assert loss_weights("nll,fm=2", quick, "smooth")["fm"] == 2.0
     for bad, complaint in [("nll,foo", "unknown loss term"), ("nll=x", "must be a number"),
                            ("kl", "needs nll or fm"), ("nll=-1", ">= 0")]:
         with pytest.raises(ValueError, match=complaint):

@@ -61,11 +61,13 @@ class RunOptions:
     loss: Optional[str] = None
 
 
-def trainer_config(profile: RunProfile, seed: int, with_forces: bool = True, loss: Optional[str] = None) -> TrainerConfig:
+def trainer_config(
+    profile: RunProfile, seed: int, with_forces: bool = True, loss: Optional[str] = None, flow: str = "spline"
+) -> TrainerConfig:
     """Two stages: maximum likelihood (+ force matching when the data have forces), then the
     same + weighted reverse KL against the target energy; ``loss`` (``--loss``, see
     `boltzgen.job.profiles.loss_weights`) chooses the terms and their weights."""
-    weights = loss_weights(loss, profile)
+    weights = loss_weights(loss, profile, flow)
     force_weight = weights["fm"] if with_forces else 0.0
     if weights["nll"] == 0 and force_weight == 0:
         raise ValueError("force matching needs data with forces; these data have none (use --loss nll,...)")
@@ -171,7 +173,7 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
     profile = profile if profile is not None else get_profile(options.profile)
     if options.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    loss_weights(options.loss, profile)  # a bad --loss is an error before anything is loaded
+    loss_weights(options.loss, profile, options.flow)  # a bad --loss is an error before anything is loaded
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(options.device)
@@ -187,7 +189,8 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
 
     run_config = {"options": asdict(options), "profile": profile.as_dict(), "data_source": data.source}
     train_forces = None if train.forces is None else torch.as_tensor(train.forces, dtype=train_x.dtype)
-    config = trainer_config(profile, options.seed, with_forces=train_forces is not None, loss=options.loss)
+    config = trainer_config(profile, options.seed, with_forces=train_forces is not None, loss=options.loss,
+                            flow=options.flow)
     trainer = Trainer(
         generator, train_x, config, out_dir / CHECKPOINT_FILE,
         validation_data=validation, device=device, run_config=run_config, quiet=options.quiet,
@@ -213,7 +216,7 @@ def run_job(options: RunOptions, profile: Optional[RunProfile] = None) -> dict:
         "seed": options.seed,
         **results,
         "flow": options.flow,
-        "loss_weights": loss_weights(options.loss, profile),
+        "loss_weights": loss_weights(options.loss, profile, options.flow),
         "sampler": options.sampler,
         "sampler_settings": sampler_settings.as_dict() if options.sampler != "is" else {},
         "sampler_diagnostics": samples.diagnostics,

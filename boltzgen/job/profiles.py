@@ -20,8 +20,12 @@ class RunProfile:
         batch_size: data frames per step; kl_batch_size: generated samples per KL step.
         nll_learning_rate, kl_learning_rate: peak learning rates of the two stages.
         kl_weight: weight of the reverse KL next to the NLL (weight 1) in the second stage.
-        force_weight: weight of force matching (relative squared force error) in both stages,
-            used when the data carry forces.
+        force_weight: weight of force matching (relative squared force error) in both stages of
+            spline flows, used when the data carry forces.
+        smooth_force_weight: the same for smooth flows (``--flow smooth``). Their C-infinity
+            density needs strong force matching: at weight 1 the quick model's force error was
+            92 kT/nm and its potential too stiff for 1 fs MD, at 30 it was 35 kT/nm
+            (benchmarks/smooth_ad2.py); spline flows diverge at 30.
         n_samples: generated samples for weights, ESS and free energies.
         n_metric_samples: samples on each side of the E-W2 / T-W2 metrics (BENCHMARKS.md: 10,000).
         n_bootstrap: bootstrap resamples for error bars.
@@ -43,6 +47,7 @@ class RunProfile:
     n_samples: int
     n_metric_samples: int
     n_bootstrap: int
+    smooth_force_weight: float = 30.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,13 +91,15 @@ def get_profile(name: str) -> RunProfile:
 LOSS_TERMS = ("nll", "fm", "kl")
 
 
-def loss_weights(spec: str | None, profile: RunProfile) -> dict[str, float]:
+def loss_weights(spec: str | None, profile: RunProfile, flow: str = "spline") -> dict[str, float]:
     """Weights ``{"nll", "fm", "kl"}`` from a ``--loss`` spec such as ``"nll,fm,kl"`` or
     ``"nll=1,fm=3,kl=0.1"``: listed terms without a weight take the profile's (nll 1,
-    fm ``force_weight``, kl ``kl_weight``), terms not listed get 0. None: the profile's recipe
-    (all three). The reverse KL only enters the second training stage.
+    fm ``force_weight``, or ``smooth_force_weight`` for ``flow="smooth"``, kl ``kl_weight``),
+    terms not listed get 0. None: the profile's recipe (all three). The reverse KL only enters
+    the second training stage.
     """
-    defaults = {"nll": 1.0, "fm": profile.force_weight, "kl": profile.kl_weight}
+    fm = profile.smooth_force_weight if flow == "smooth" else profile.force_weight
+    defaults = {"nll": 1.0, "fm": fm, "kl": profile.kl_weight}
     if spec is None:
         return defaults
     weights = dict.fromkeys(LOSS_TERMS, 0.0)
