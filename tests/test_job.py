@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from boltzgen.cli import main
+from boltzgen.job.profiles import get_profile
 from boltzgen.md import run_md
 
 REQUIRED_KEYS = [
@@ -42,6 +43,8 @@ def test_smoke_run_writes_complete_finite_summary_and_resumes(tiny_md, tmp_path,
         assert math.isfinite(summary[key]), (key, summary[key])
     assert 0 < summary["ess"] <= 1 and 0 < summary["ess_filtered"] <= 1
     assert summary["n_samples"] == 300 and summary["device"] == "cpu"
+    assert summary["flow"] == "smooth"  # the job's default
+    assert summary["loss_weights"]["fm"] == get_profile("smoke").smooth_force_weight
     # training KL evaluations (3 steps x 16) + the 300 samples
     assert summary["n_energy_evals"] == 3 * 16 + 300
     assert summary["n_train_frames"] + summary["n_held_out_frames"] == 30
@@ -79,11 +82,12 @@ def test_smoke_run_with_other_samplers_reports_their_diagnostics(tiny_md, tmp_pa
         assert summary["n_final_samples"] == 300
 
 
-def test_smoke_run_with_a_smooth_flow_and_a_chosen_loss(tiny_md, tmp_path):
+@pytest.mark.parametrize("flow", ["spline", "smooth"])
+def test_smoke_run_with_each_flow_and_a_chosen_loss(tiny_md, tmp_path, flow):
     out = tmp_path / "run"
-    assert _run(["--out", str(out), "--data", str(tiny_md), "--flow", "smooth", "--loss", "nll=1,fm=0.5"]) == 0
+    assert _run(["--out", str(out), "--data", str(tiny_md), "--flow", flow, "--loss", "nll=1,fm=0.5"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["flow"] == "smooth"
+    assert summary["flow"] == flow
     assert summary["loss_weights"] == {"nll": 1.0, "fm": 0.5, "kl": 0.0}
     assert summary["n_energy_evals"] == 300  # no reverse KL: only the samples' energies
     assert math.isfinite(summary["ess"]) and math.isfinite(summary["held_out_nll_per_dim"])

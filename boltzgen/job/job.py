@@ -57,7 +57,7 @@ class RunOptions:
     quiet: bool = False
     energy_backend: str = "auto"
     sampler: str = "is"
-    flow: str = "spline"
+    flow: str = "smooth"
     loss: Optional[str] = None
 
 
