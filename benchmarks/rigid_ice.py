@@ -336,7 +336,7 @@ def verdict(ok) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     total_start = time.perf_counter()
-    from boltzgen.analysis.perturbation import bar, lfep
+    from boltzgen.analysis.perturbation import bar, ess_with_error, lfep
     from boltzgen.analysis.temperature_ladder import mbar_temperature_ladder, temperature_ladder
     from boltzgen.device import select_device
     from boltzgen.energy.backends import system_energy
@@ -493,10 +493,13 @@ def main(argv=None) -> int:
     works_f = forward_works(flow, x_eval, u_base_eval.to(device=device, dtype=dtype), energy,
                             batch_size=args.eval_batch)
     log_w = -works_f
-    flow_ess = ess(log_w)
+    flow_ess, flow_ess_err = ess_with_error(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     # the same on as many training frames, evenly spaced: a much higher ESS there means overfitting
     pick = torch.linspace(0, len(x_train) - 1, min(len(x_train), len(x_eval))).round().long().to(device)
-    train_ess = ess(-forward_works(flow, x_train[pick], u_base_train[pick], energy, batch_size=args.eval_batch))
+    train_ess, train_ess_err = ess_with_error(
+        -forward_works(flow, x_train[pick], u_base_train[pick], energy, batch_size=args.eval_batch),
+        n_bootstrap=args.n_bootstrap, block_size=max(1, round(checks["base_train"]["statistical_inefficiency"])),
+        seed=args.seed)
     df_lfep = lfep(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
     df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
@@ -514,9 +517,9 @@ def main(argv=None) -> int:
     mbar_df = reference["df_kT"]
     per_n_error = abs(df_lfep.value - mbar_df) / n
     rows = [
-        ("ESS (LFEP weights, held-out frames)", f"{flow_ess:.4f}", f"{PUBLISHED['ess']:.4f}",
+        ("ESS (LFEP weights, held-out frames)", f"{flow_ess:.4f} +- {flow_ess_err:.4f}", f"{PUBLISHED['ess']:.4f}",
          f">= {TARGETS['ess']:.2f}", verdict(flow_ess >= TARGETS["ess"])),
-        ("ESS on training frames (same count)", f"{train_ess:.4f}", "", "", ""),
+        ("ESS on training frames (same count)", f"{train_ess:.4f} +- {train_ess_err:.4f}", "", "", ""),
         ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
         ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
         ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
@@ -548,7 +551,7 @@ def main(argv=None) -> int:
     summary = dict(
         benchmark="rigid_ice", smoke=bool(args.smoke), system=system.description,
         temperatures_K=[t_base, t_target], n_molecules=n,
-        ess=flow_ess, ess_train_frames=train_ess, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
+        ess=flow_ess, ess_err=flow_ess_err, ess_train_frames=train_ess, ess_train_frames_err=train_ess_err, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
         df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
         df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
         df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,

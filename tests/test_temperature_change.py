@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from boltzgen.analysis.perturbation import bar, lfep
+from boltzgen.analysis.perturbation import bar, ess_with_error, lfep
 from boltzgen.analysis.temperature_ladder import (
     mbar_temperature_ladder,
     reduced_potentials,
@@ -284,3 +284,22 @@ def test_bootstrap_errors_match_the_spread_of_repeated_estimates():
         assert 0.5 < np.mean(errors) / spread < 2.0
         # and the estimates scatter around the exact value (mean within 4 standard errors)
         assert abs(np.mean(values) - EXACT_DF) < 4 * spread / math.sqrt(len(values)) + 0.01
+
+
+def test_ess_with_error_matches_kish_and_the_spread_over_sample_sets():
+    # log-normal weights, log w ~ N(0, s^2): the Kish ESS tends to exp(-s^2)
+    s, n = 0.6, 4000
+    rng = np.random.default_rng(7)
+    values, errors = [], []
+    for repeat in range(40):
+        log_w = rng.normal(0.0, s, size=n)
+        value, error = ess_with_error(log_w, n_bootstrap=100, seed=repeat)
+        assert value == pytest.approx(ess(torch.as_tensor(log_w)), rel=1e-12)
+        values.append(value), errors.append(error)
+    spread = np.std(values, ddof=1)
+    assert 0.6 < np.mean(errors) / spread < 1.6
+    assert abs(np.mean(values) - math.exp(-s * s)) < 4 * spread / math.sqrt(len(values)) + 2e-3
+    # equal weights: ESS 1 with zero spread; all weights zero: 0 and no error
+    assert ess_with_error(np.zeros(50), n_bootstrap=20) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-12))
+    value, error = ess_with_error(np.full(5, -np.inf), n_bootstrap=20)
+    assert value == 0.0 and math.isnan(error)

@@ -8,7 +8,7 @@ from boltzgen.analysis.free_energy import (
     free_energy_profile,
 )
 from boltzgen.analysis.metrics import energy_w2, resample_indices, torsion_w2, wasserstein2_1d
-from boltzgen.analysis.perturbation import PerturbationEstimate, bar, lfep
+from boltzgen.analysis.perturbation import PerturbationEstimate, bar, ess_with_error, lfep
 from boltzgen.analysis.temperature_ladder import (
     LadderFreeEnergies,
     LadderSamples,
@@ -31,6 +31,7 @@ __all__ = [
     # free energy perturbation between two ensembles
     "PerturbationEstimate",
     "bar",
+    "ess_with_error",
     "lfep",
     # temperature ladders + MBAR
     "LadderFreeEnergies",

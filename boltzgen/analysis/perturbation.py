@@ -102,6 +102,32 @@ def lfep(
     return PerturbationEstimate(value, error)
 
 
+def ess_with_error(
+    log_w, *, n_bootstrap: int = DEFAULT_BOOTSTRAP, block_size: int = 1, seed: int = 0
+) -> PerturbationEstimate:
+    """Normalised Kish ESS ``(sum w)^2 / (N sum w^2)`` of log weights ``[N]`` with a bootstrap error.
+
+    The ESS of heavy-tailed weights fluctuates strongly between sample sets (a few large weights
+    decide it), so a single value says little without its spread. Same bootstrap as `lfep`
+    (``block_size`` > 1 for time-correlated samples); ``-inf`` weights count in ``N``.
+    Returns ``(ess, err)``; ``(0, nan)`` if every weight is 0.
+    """
+    log_w = _check_log_weights(log_w)
+    n = log_w.size
+
+    def estimate(lw: np.ndarray) -> np.ndarray:
+        return np.exp(2 * _logsumexp(lw, axis=-1) - _logsumexp(2 * lw, axis=-1) - math.log(n))
+
+    if not np.isfinite(log_w).any():
+        return PerturbationEstimate(0.0, math.nan)
+    value = float(estimate(log_w))
+    if n_bootstrap < 2:
+        return PerturbationEstimate(value, math.nan)
+    idx = _bootstrap_indices(n, n_bootstrap, block_size, np.random.default_rng(seed))
+    error, _ = _std(estimate(log_w[idx]))
+    return PerturbationEstimate(value, error)
+
+
 def _bar_objective(
     delta_f: np.ndarray, w_f: np.ndarray, w_r: np.ndarray, log_ratio: float
 ) -> tuple[np.ndarray, np.ndarray]:
