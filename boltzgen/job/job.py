@@ -2,8 +2,8 @@
 
 Steps: load the data (shipped reference or a `boltzgen md` run) -> give the interchangeable
 hydrogens of each methyl one labelling (`boltzgen.equivalent_hydrogens`) -> split train / held-out ->
-build the internal-coordinate spline flow -> train (NLL + force matching on the data's forces,
-then the same + reverse KL) with atomic,
+build the internal-coordinate coupling flow (splines by default, or smooth mixtures) -> train (NLL +
+force matching on the data's forces, then the same + reverse KL) with atomic,
 resumable checkpoints -> draw samples with importance weights -> ESS, dF(phi > 0 vs phi < 0) with
 bootstrap errors, phi profile, E-W2, T-W2 against held-out frames -> plots, ``model.pt`` and
 ``summary.json`` in the output directory.
@@ -57,7 +57,7 @@ class RunOptions:
     quiet: bool = False
     energy_backend: str = "auto"
     sampler: str = "is"
-    flow: str = "smooth"
+    flow: str = "spline"
     loss: Optional[str] = None
 
 

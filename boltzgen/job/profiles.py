@@ -11,9 +11,9 @@ class RunProfile:
 
     Attributes:
         name: ``quick``, ``full`` or ``smoke``.
-        n_coupling_layers: spline coupling layers (an even number: they come in pairs).
+        n_coupling_layers: coupling layers (an even number: they come in pairs).
         hidden: hidden layer widths of each conditioner MLP.
-        n_bins: rational-quadratic spline bins.
+        n_bins: rational-quadratic spline bins, or mixture components of the smooth transformers.
         max_train_frames: training frames used at most (the rest of the data set is held out).
         nll_steps: optimizer steps of the maximum-likelihood stage.
         kl_steps: steps of the mixed NLL + reverse-KL stage.
