@@ -72,6 +72,15 @@ def _std(replicates: np.ndarray) -> tuple[float, int]:
     return (float(np.std(replicates, ddof=1)) if replicates.size > 1 else math.nan), int(replicates.size)
 
 
+def _bootstrap_error(estimate, log_w: np.ndarray, n_bootstrap: int, block_size: int, seed: int) -> float:
+    """Standard deviation of ``estimate`` (a function of log weights ``[..., N]``) over bootstrap
+    resamples of ``log_w`` ``[N]``; ``nan`` with fewer than 2 resamples."""
+    if n_bootstrap < 2:
+        return math.nan
+    idx = _bootstrap_indices(log_w.size, n_bootstrap, block_size, np.random.default_rng(seed))
+    return _std(estimate(log_w[idx]))[0]
+
+
 def lfep(
     log_w_forward, *, n_bootstrap: int = DEFAULT_BOOTSTRAP, block_size: int = 1, seed: int = 0
 ) -> PerturbationEstimate:
@@ -95,11 +104,9 @@ def lfep(
         return -(_logsumexp(lw, axis=-1) - math.log(n))
 
     value = float(estimate(log_w))
-    if not np.isfinite(value) or n_bootstrap < 2:
+    if not np.isfinite(value):
         return PerturbationEstimate(value, math.nan)
-    idx = _bootstrap_indices(n, n_bootstrap, block_size, np.random.default_rng(seed))
-    error, _ = _std(estimate(log_w[idx]))
-    return PerturbationEstimate(value, error)
+    return PerturbationEstimate(value, _bootstrap_error(estimate, log_w, n_bootstrap, block_size, seed))
 
 
 def ess_with_error(
@@ -120,12 +127,7 @@ def ess_with_error(
 
     if not np.isfinite(log_w).any():
         return PerturbationEstimate(0.0, math.nan)
-    value = float(estimate(log_w))
-    if n_bootstrap < 2:
-        return PerturbationEstimate(value, math.nan)
-    idx = _bootstrap_indices(n, n_bootstrap, block_size, np.random.default_rng(seed))
-    error, _ = _std(estimate(log_w[idx]))
-    return PerturbationEstimate(value, error)
+    return PerturbationEstimate(float(estimate(log_w)), _bootstrap_error(estimate, log_w, n_bootstrap, block_size, seed))
 
 
 def _bar_objective(
