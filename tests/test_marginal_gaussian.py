@@ -80,6 +80,26 @@ def test_extreme_tails_stay_finite_in_float32():
     assert ((u[:, :2] >= 0) & (u[:, :2] <= 1)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ends_of_the_box_stay_within_the_resolved_tail(dtype):
+    """v exactly 0 or 1 (a float32 coupling output rounded to 1) must not land on the truncation bound.
+
+    A stiff bond (std 1e-3 of its box) has its bounds 500 std out: there log f ~ -1.25e5, and one
+    such sample would carry an importance weight e^(1e5) times the others. Clamped to the dtype's
+    resolved ends, v = 1 goes no further than the largest v below 1 does (~5.3 std in float32).
+    """
+    stiff = TruncatedNormalMarginals([0.5], [1e-3], [True], [False])
+    gap = torch.finfo(dtype).eps / 2
+    v = torch.tensor([[0.0], [gap], [1.0 - gap], [1.0], [0.5]], dtype=dtype)
+    u, logdet = stiff(v)
+    assert u.dtype == dtype and torch.isfinite(logdet).all()
+    xi = (u.double()[:, 0] - 0.5) / 1e-3
+    expected_end = float(-stats.norm.ppf(gap))  # 5.3 std (float32), 8.2 std (float64)
+    np.testing.assert_allclose(xi[:4].numpy(), [-expected_end, -expected_end, expected_end, expected_end], rtol=1e-4)
+    # log-det at the ends is the density at the point returned: -log f = xi^2 / 2 + const
+    np.testing.assert_allclose((logdet[:4] - logdet[4]).double().numpy(), 0.5 * xi[:4].numpy() ** 2, rtol=1e-4)
+
+
 def test_values_outside_the_box_stay_outside():
     """An interval value outside [0, 1] (zero density) maps outside [0, 1]: the prior rejects it."""
     layer = make_layer()
