@@ -97,14 +97,14 @@ PROFILES = {
         timestep_fs=2.0, md_chunk=2_500, ladder_temperatures=0, ladder_samples=5_000,
         n_blocks=4, conditioner="attention", hidden=[128, 128], attention_dim=64, attention_heads=4,
         attention_layers=2, steps=10_000, batch_size=32, learning_rate=1e-3, final_lr_fraction=0.01,
-        warmup_steps=100, eval_batch=256,
+        warmup_steps=100, eval_batch=256, validation_frames=0, validate_every=500,
     ),
     "smoke": dict(
         train_frames=64, eval_frames=48, target_frames=32, stride=20, equilibration=200,
         timestep_fs=2.0, md_chunk=64, ladder_temperatures=0, ladder_samples=24,
         n_blocks=1, conditioner="attention", hidden=[32, 32], attention_dim=16, attention_heads=2,
         attention_layers=1, steps=12, batch_size=16, learning_rate=1e-3, final_lr_fraction=0.1,
-        warmup_steps=0, eval_batch=64,
+        warmup_steps=0, eval_batch=64, validation_frames=16, validate_every=4,
     ),
 }
 
@@ -311,6 +311,10 @@ def parse_args(argv):
     flow.add_argument("--final-lr-fraction", type=float)
     flow.add_argument("--warmup-steps", type=int)
     flow.add_argument("--eval-batch", type=int)
+    flow.add_argument("--validation-frames", type=int,
+                      help="training MD frames (the last ones) kept out of training: the flow keeps the parameters "
+                           "with the best ESS on them (0: no validation, the last parameters)")
+    flow.add_argument("--validate-every", type=int, help="training steps between validation checks")
     flow.add_argument("--energy-backend", default="auto", choices=["auto", "torch", "openmm"],
                       help="auto: TorchEnergy for Ewald and reaction_field, OpenMM for PME")
     flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
@@ -452,6 +456,12 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- training (cached)
     x_train, u_base_train = frames["base_train"], ratio * u_target_frames["base_train"].to(device=device, dtype=dtype)
+    validation = None
+    if args.validation_frames:
+        if not 0 < args.validation_frames < len(x_train):
+            raise SystemExit(f"--validation-frames must lie in [0, {len(x_train)}), got {args.validation_frames}")
+        validation = (x_train[-args.validation_frames:], u_base_train[-args.validation_frames:])
+        x_train, u_base_train = x_train[: -args.validation_frames], u_base_train[: -args.validation_frames]
     flow_params = dict(
         md=_canonical(dict(train=args.train_frames, stride=args.train_stride, chunk=args.md_chunk,
                            equilibration=args.equilibration, timestep_fs=args.timestep_fs,
@@ -462,6 +472,8 @@ def main(argv=None) -> int:
         warmup_steps=args.warmup_steps, seed=args.seed, dtype=args.dtype, temperatures=[t_base, t_target],
         energy_backend=energy.backend,
     )
+    if validation is not None:
+        flow_params["validation"] = dict(frames=args.validation_frames, every=args.validate_every)
     flow_path = work_dir / "flow.pt"
     if args.init_flow is not None:
         initial = torch.load(args.init_flow, map_location=device, weights_only=False)
@@ -472,6 +484,7 @@ def main(argv=None) -> int:
     if stored is not None and stored["params"] == _canonical(flow_params):
         flow.load_state_dict(stored["state_dict"])
         history, walls["training_s"], trained_here = stored["history"], stored["wall_s"], False
+        validation_history = stored.get("validation_history")
         print(f"flow: reused {flow_path} (trained in {walls['training_s']:.0f} s)", flush=True)
     else:
         n_parameters = sum(p.numel() for p in flow.parameters())
@@ -482,10 +495,18 @@ def main(argv=None) -> int:
             flow, x_train, u_base_train, energy, n_steps=args.steps, batch_size=args.batch_size,
             learning_rate=args.learning_rate, seed=args.seed, warmup_steps=args.warmup_steps,
             final_lr_fraction=args.final_lr_fraction, log_every=max(1, args.steps // 20), quiet=args.smoke,
+            validation=validation, validate_every=args.validate_every, validation_batch_size=args.eval_batch,
         )
         history, walls["training_s"], trained_here = result.records, result.wall_s, True
+        validation_history = None if validation is None else dict(
+            checks=result.validation_records, best_step=result.best_step, best_ess=result.best_validation_ess)
         torch.save({"params": _canonical(flow_params), "state_dict": flow.state_dict(), "history": history,
+                    "validation_history": validation_history,
                     "wall_s": result.wall_s, "n_skipped_steps": result.n_skipped_steps}, flow_path)
+    if validation_history is not None:
+        print(f"validation: kept the parameters of step {validation_history['best_step']} (validation ESS "
+              f"{validation_history['best_ess']:.3f}; checks: " + ", ".join(
+                  f"{r['step']}: {r['ess']:.3f}" for r in validation_history["checks"]) + ")", flush=True)
     flow.eval()
 
     # ---------------------------------------------------------------- estimates
@@ -567,7 +588,7 @@ def main(argv=None) -> int:
         targets_met={"ess": flow_ess >= TARGETS["ess"],
                      "df_per_molecule": per_n_error <= TARGETS["df_per_molecule_abs_error_kT"]},
         mbar_reference={k: v for k, v in reference.items() if k != "params"},
-        frame_checks=checks, training_history=history, settings=_canonical({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}),
+        frame_checks=checks, training_history=history, validation_history=validation_history, settings=_canonical({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}),
         published=PUBLISHED, targets=TARGETS, wall_s=walls,
         device=dict(flow=str(device), gpu=gpu, energy=energy_name, md_platform=args.md_platform,
                     cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),

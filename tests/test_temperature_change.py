@@ -155,6 +155,37 @@ def test_training_a_scale_flow_reaches_the_optimal_scale_and_unit_ess():
     assert torch.equal(again.log_scale, flow.log_scale)
 
 
+def test_validation_keeps_the_parameters_of_the_best_check():
+    """The flow ends with the parameters of the validation check with the highest ESS."""
+    x, x_val = samples(T_BASE, 2048, seed=10), samples(T_BASE, 1024, seed=11)
+    validation = (x_val, harmonic(T_BASE)(x_val))
+    # started at the exact map (validation ESS 1) with a step size that throws it off: step 0 wins
+    flow = ScaleFlow(D, log_scale=OPTIMAL_LOG_SCALE)
+    start = flow.log_scale.detach().clone()
+    history = train_temperature_change(
+        flow, x, harmonic(T_BASE)(x), harmonic(T_TARGET), n_steps=40, batch_size=16, learning_rate=0.3, seed=0,
+        quiet=True, validation=validation, validate_every=10,
+    )
+    assert [r["step"] for r in history.validation_records] == [0, 10, 20, 30, 40]
+    assert history.validation_records[0]["ess"] == pytest.approx(1.0, abs=1e-12)
+    assert min(r["ess"] for r in history.validation_records[1:]) < 0.99  # training did move it away
+    assert history.best_step == 0 and torch.equal(flow.log_scale.detach(), start)
+    assert history.n_energy_evaluations == 40 * 16 + 5 * 1024
+    # from the identity, training improves it: the best check is a late one, and it is what is kept
+    flow = ScaleFlow(D)
+    history = train_temperature_change(
+        flow, x, harmonic(T_BASE)(x), harmonic(T_TARGET), n_steps=200, batch_size=256, learning_rate=0.05, seed=0,
+        quiet=True, validation=validation, validate_every=50,
+    )
+    values = [r["ess"] for r in history.validation_records]
+    assert history.best_step == history.validation_records[int(np.argmax(values))]["step"] > 0
+    kept = ess(-forward_works(flow, x_val, validation[1], harmonic(T_TARGET)))
+    assert kept == pytest.approx(history.best_validation_ess, rel=1e-12) and kept > 0.99
+    with pytest.raises(ValueError, match="validation must be"):
+        train_temperature_change(flow, x, harmonic(T_BASE)(x), harmonic(T_TARGET), n_steps=1, batch_size=8,
+                                 learning_rate=0.01, seed=0, quiet=True, validation=(x_val[:, :2], validation[1]))
+
+
 def test_training_skips_non_finite_steps_and_stops_when_diverged():
     class NaNFlow(ScaleFlow):
         def _forward(self, x, context=None):

@@ -189,8 +189,13 @@ class TemperatureChangeHistory:
             ``n_energy_cut``, ``mean_target_energy_kT``, ``grad_norm``; or ``skipped: True``.
         n_steps: optimizer steps attempted.
         n_skipped_steps: steps skipped for a non-finite loss or gradient.
-        n_energy_evaluations: target-energy evaluations (samples pushed through the flow).
+        n_energy_evaluations: target-energy evaluations (samples pushed through the flow), the
+            validation's included.
         wall_s: seconds spent.
+        validation_records: with validation samples: one dict per check (``step``, 0 for the
+            initial flow; ``ess``, the Kish ESS of the validation log weights; ``mean_work``, kT).
+        best_step: the step whose parameters the flow was left with (None without validation).
+        best_validation_ess: their validation ESS (None without validation).
     """
 
     records: list[dict] = field(default_factory=list)
@@ -198,6 +203,21 @@ class TemperatureChangeHistory:
     n_skipped_steps: int = 0
     n_energy_evaluations: int = 0
     wall_s: float = 0.0
+    validation_records: list[dict] = field(default_factory=list)
+    best_step: Optional[int] = None
+    best_validation_ess: Optional[float] = None
+
+
+def _validation_record(flow: Flow, validation: tuple[torch.Tensor, torch.Tensor], target: ReducedEnergy,
+                       batch_size: int, step: int) -> dict:
+    """ESS and mean work of the flow's forward works on the validation samples (flow in eval mode)."""
+    flow.eval()
+    works = forward_works(flow, validation[0], validation[1], target, batch_size=batch_size)
+    flow.train()
+    finite = torch.isfinite(works)
+    log_w = torch.where(finite, -works, torch.full_like(works, -math.inf))
+    mean_work = float(works[finite].mean()) if finite.any() else math.inf
+    return {"step": step, "ess": ess(log_w), "mean_work": mean_work}
 
 
 def train_temperature_change(
@@ -218,6 +238,9 @@ def train_temperature_change(
     log_every: int = 50,
     max_consecutive_skipped_steps: int = 100,
     quiet: bool = False,
+    validation: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    validate_every: int = 500,
+    validation_batch_size: int = 256,
 ) -> TemperatureChangeHistory:
     """Minimise :func:`base_to_target_loss` over minibatches of fixed base samples.
 
@@ -237,6 +260,15 @@ def train_temperature_change(
         log_every: history record interval (steps).
         max_consecutive_skipped_steps: raise `BoltzgenError` after this many non-finite steps in a row.
         quiet: no progress bar.
+        validation: optional ``(samples [V, D_in], reduced base energies [V])``, base-ensemble
+            samples kept out of ``base_samples``. The Kish ESS of their forward-work weights is
+            checked before training, every ``validate_every`` steps and after the last step, and
+            the flow is left with the parameters of the best check (model selection: the batch
+            ESS of this loss swings by a factor of several between nearby steps, and a lower
+            mean work can come with a heavier weight tail). Estimates must then use samples
+            other than the validation ones.
+        validate_every: steps between validation checks.
+        validation_batch_size: samples per flow evaluation in a check.
 
     Returns:
         `TemperatureChangeHistory`; the flow is left in eval mode.
@@ -250,6 +282,17 @@ def train_temperature_change(
         raise ValueError("base_energies must be finite (they are MD samples of the base ensemble)")
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every!r}")
+    if validate_every < 1:
+        raise ValueError(f"validate_every must be >= 1, got {validate_every!r}")
+    if validation is not None:
+        x_val, u_val = validation
+        u_val = torch.as_tensor(u_val).reshape(-1)
+        if x_val.dim() != 2 or x_val.shape[0] == 0 or x_val.shape[1] != base_samples.shape[1] \
+                or u_val.shape[0] != x_val.shape[0]:
+            raise ValueError(
+                f"validation must be (samples [V, {base_samples.shape[1]}], energies [V]) with V >= 1, got "
+                f"{list(x_val.shape)} and {list(u_val.shape)}"
+            )
     schedule = TrainingStage(
         name="temperature_change", n_steps=n_steps, nll_weight=0.0, kl_weight=1.0, learning_rate=learning_rate,
         batch_size=batch_size, kl_batch_size=batch_size, warmup_steps=warmup_steps,
@@ -267,6 +310,21 @@ def train_temperature_change(
     consecutive_skips = 0
     start = time.perf_counter()
     flow.train()
+    best_state = None
+    if validation is not None:
+        validation = (x_val.to(device), u_val.to(device))
+
+    def check(step: int) -> None:
+        nonlocal best_state
+        record = _validation_record(flow, validation, target, validation_batch_size, step)
+        history.validation_records.append(record)
+        history.n_energy_evaluations += validation[0].shape[0]
+        if history.best_validation_ess is None or record["ess"] > history.best_validation_ess:
+            history.best_step, history.best_validation_ess = step, record["ess"]
+            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+    if validation is not None:
+        check(0)
     with progress_bar(n_steps, desc="temperature change", unit="step", quiet=quiet) as bar:
         for step in range(n_steps):
             lr = schedule.learning_rate_at(step)
@@ -304,6 +362,10 @@ def train_temperature_change(
             if (step + 1) % log_every == 0 or step + 1 == n_steps:
                 history.records.append(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "ess")})
+            if validation is not None and ((step + 1) % validate_every == 0 or step + 1 == n_steps):
+                check(step + 1)
+    if best_state is not None:
+        flow.load_state_dict(best_state)
     history.wall_s = time.perf_counter() - start
     flow.eval()
     return history
