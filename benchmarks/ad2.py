@@ -5,10 +5,10 @@ reference data, then prints one table — ESS (raw and top-0.2%-filtered), dF(ph
 error against the umbrella-sampling reference, E-W2, T-W2, energy evaluations, wall time — with
 the targets of BENCHMARKS.md and the published numbers beside them, and writes a JSON file.
 
-    python benchmarks/ad2.py [--profiles quick] [--seeds 0 1 2 3 4] [--flow spline|smooth] [--loss TERMS]
+    python benchmarks/ad2.py [--profiles quick] [--seeds 0 1 2 3 4] [--flow smooth|spline] [--loss TERMS]
                              [--out-dir benchmarks/results/ad2]
 
-A run directory that already holds a finished run (``<out-dir>/<profile>[_<flow>]_seed<S>``) is
+A run directory that already holds a finished run (``<out-dir>/<profile>_<flow>_seed<S>``) is
 resumed, i.e. only sampled and evaluated again. With several seeds the table ends with how many
 met each target.
 """
@@ -46,14 +46,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out-dir", type=Path, default=RESULTS / "ad2")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--flow", default="spline", choices=["spline", "smooth"], help="as boltzgen run --flow")
+    parser.add_argument("--flow", default="smooth", choices=["smooth", "spline"], help="as boltzgen run --flow")
     parser.add_argument("--loss", default=None, help="as boltzgen run --loss (default: the job's)")
     args = parser.parse_args(argv)
 
     rows = []
     for profile in args.profiles:
         for seed in args.seeds:
-            out = args.out_dir / f"{profile}{'' if args.flow == 'spline' else '_' + args.flow}_seed{seed}"
+            out = args.out_dir / f"{profile}_{args.flow}_seed{seed}"
             summary = run_job(RunOptions("alanine_dipeptide_implicit", str(out), profile=profile, seed=seed,
                                          device=args.device, quiet=True, flow=args.flow, loss=args.loss))
             error = summary["delta_f_error_vs_reference_kT"]

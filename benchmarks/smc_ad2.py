@@ -34,7 +34,8 @@ UNDERTRAINED = replace(PROFILES["quick"], name="undertrained", nll_steps=40, kl_
 
 def ensure_undertrained(out: Path, seed: int) -> Path:
     if not (out / "model.pt").exists():
-        run_job(RunOptions(SYSTEM, str(out), profile="undertrained", seed=seed, quiet=True), profile=UNDERTRAINED)
+        run_job(RunOptions(SYSTEM, str(out), profile="undertrained", seed=seed, quiet=True, flow="spline"),
+                profile=UNDERTRAINED)
     return out
 
 

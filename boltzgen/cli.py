@@ -189,9 +189,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="is: importance sampling (default); smc: sequential Monte Carlo from the flow to the "
                              "target; mcmc: flow-proposal Metropolis-Hastings chains (rerun in the same --out "
                              "directory to resample a trained model)")
-    parser.add_argument("--flow", choices=FLOW_KINDS, default="spline",
-                        help="coupling transformers: spline (default; rational-quadratic splines) or smooth "
-                             "(C-infinity mixtures, force matching at weight 30, a density whose forces can drive MD)")
+    parser.add_argument("--flow", choices=FLOW_KINDS, default="smooth",
+                        help="coupling transformers: smooth (default; C-infinity mixtures, force matching at weight "
+                             "30, a density whose forces can drive MD) or spline (rational-quadratic splines, about "
+                             "half the training time, a less reliable ESS)")
     parser.add_argument("--loss", default=None, metavar="TERMS",
                         help="training loss terms and weights, e.g. nll,fm,kl or nll=1,fm=3,kl=0.1 "
                              "(default: the profile's nll + fm, then + kl)")

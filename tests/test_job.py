@@ -43,8 +43,8 @@ def test_smoke_run_writes_complete_finite_summary_and_resumes(tiny_md, tmp_path,
         assert math.isfinite(summary[key]), (key, summary[key])
     assert 0 < summary["ess"] <= 1 and 0 < summary["ess_filtered"] <= 1
     assert summary["n_samples"] == 300 and summary["device"] == "cpu"
-    assert summary["flow"] == "spline"  # the job's default
-    assert summary["loss_weights"]["fm"] == get_profile("smoke").force_weight
+    assert summary["flow"] == "smooth"  # the job's default
+    assert summary["loss_weights"]["fm"] == get_profile("smoke").smooth_force_weight
     # training KL evaluations (3 steps x 16) + the 300 samples
     assert summary["n_energy_evals"] == 3 * 16 + 300
     assert summary["n_train_frames"] + summary["n_held_out_frames"] == 30

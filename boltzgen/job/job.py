@@ -2,7 +2,7 @@
 
 Steps: load the data (shipped reference or a `boltzgen md` run) -> give the interchangeable
 hydrogens of each methyl one labelling (`boltzgen.equivalent_hydrogens`) -> split train / held-out ->
-build the internal-coordinate coupling flow (splines by default, or smooth mixtures) -> train (NLL +
+build the internal-coordinate coupling flow (smooth mixtures by default, or splines) -> train (NLL +
 force matching on the data's forces, then the same + reverse KL) with atomic,
 resumable checkpoints -> draw samples with importance weights -> ESS, dF(phi > 0 vs phi < 0) with
 bootstrap errors, phi profile, E-W2, T-W2 against held-out frames -> plots, ``model.pt`` and
@@ -57,12 +57,12 @@ class RunOptions:
     quiet: bool = False
     energy_backend: str = "auto"
     sampler: str = "is"
-    flow: str = "spline"
+    flow: str = "smooth"
     loss: Optional[str] = None
 
 
 def trainer_config(
-    profile: RunProfile, seed: int, with_forces: bool = True, loss: Optional[str] = None, flow: str = "spline"
+    profile: RunProfile, seed: int, with_forces: bool = True, loss: Optional[str] = None, flow: str = "smooth"
 ) -> TrainerConfig:
     """Two stages: maximum likelihood (+ force matching when the data have forces), then the
     same + weighted reverse KL against the target energy; ``loss`` (``--loss``, see
