@@ -214,10 +214,9 @@ def _validation_record(flow: Flow, validation: tuple[torch.Tensor, torch.Tensor]
     flow.eval()
     works = forward_works(flow, validation[0], validation[1], target, batch_size=batch_size)
     flow.train()
-    finite = torch.isfinite(works)
-    log_w = torch.where(finite, -works, torch.full_like(works, -math.inf))
+    finite = torch.isfinite(works)  # failed evaluations are +inf works: zero weights
     mean_work = float(works[finite].mean()) if finite.any() else math.inf
-    return {"step": step, "ess": ess(log_w), "mean_work": mean_work}
+    return {"step": step, "ess": ess(-works), "mean_work": mean_work}
 
 
 def train_temperature_change(
