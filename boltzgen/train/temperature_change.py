@@ -310,8 +310,6 @@ def train_temperature_change(
     start = time.perf_counter()
     flow.train()
     best_state = None
-    if validation is not None:
-        validation = (x_val.to(device), u_val.to(device))
 
     def check(step: int) -> None:
         nonlocal best_state
@@ -323,6 +321,7 @@ def train_temperature_change(
             best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
     if validation is not None:
+        validation = (x_val.to(device), u_val.to(device))
         check(0)
     with progress_bar(n_steps, desc="temperature change", unit="step", quiet=quiet) as bar:
         for step in range(n_steps):
