@@ -101,14 +101,16 @@ PROFILES = {
         timestep_fs=2.0, md_chunk=2_500, ladder_temperatures=0, ladder_samples=5_000,
         n_blocks=4, conditioner="attention", hidden=[128, 128], attention_dim=64, attention_heads=4,
         attention_layers=2, steps=10_000, batch_size=32, learning_rate=1e-3, final_lr_fraction=0.01,
-        warmup_steps=100, eval_batch=256, validation_frames=0, validate_every=500,
+        warmup_steps=100, eval_batch=256, validation_frames=0, validate_every=500, augment="none",
+        ema_decay=0.0,
     ),
     "smoke": dict(
         train_frames=64, eval_frames=48, target_frames=32, stride=20, equilibration=200,
         timestep_fs=2.0, md_chunk=64, ladder_temperatures=0, ladder_samples=24,
         n_blocks=1, conditioner="attention", hidden=[32, 32], attention_dim=16, attention_heads=2,
         attention_layers=1, steps=12, batch_size=16, learning_rate=1e-3, final_lr_fraction=0.1,
-        warmup_steps=0, eval_batch=64, validation_frames=16, validate_every=4,
+        warmup_steps=0, eval_batch=64, validation_frames=16, validate_every=4, augment="symmetry",
+        ema_decay=0.9,
     ),
 }
 
@@ -264,6 +266,26 @@ def reduced_energies(energy, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([energy(x[i:i + batch]).detach().double().cpu() for i in range(0, len(x), batch)])
 
 
+@torch.no_grad()
+def symmetry_augmentation(system, energy, x: torch.Tensor, u: torch.Tensor, n_check: int = 4):
+    """`boltzgen.symmetry.SymmetryAugmentation` with the space-group operations of the ideal crystal,
+    after checking that every operation leaves the energies ``u [n]`` (kT) of the first ``n_check``
+    frames of ``x [n, 3N]`` unchanged (to 1e-9 relative in float64, 1e-5 in float32)."""
+    from boltzgen.symmetry import SymmetryAugmentation, system_symmetry_operations
+
+    augmentation = SymmetryAugmentation(system_symmetry_operations(system))
+    sample, reference = x[:n_check], u[:n_check].double()
+    tolerance = (1e-9 if x.dtype == torch.float64 else 1e-5) * float(reference.abs().max())
+    for operation in range(len(augmentation)):
+        image = augmentation.apply(sample, operation)
+        error = float((energy(image).double().cpu() - reference).abs().max())
+        if error > tolerance:
+            raise SystemExit(f"symmetry operation {operation} changes the energy by {error:.3g} kT: not a symmetry")
+    print(f"augmentation: {len(augmentation)} space-group operations of the crystal (energies unchanged on "
+          f"{len(sample)} frames)", flush=True)
+    return augmentation
+
+
 # --------------------------------------------------------------------------------------------
 # main
 
@@ -319,6 +341,12 @@ def parse_args(argv):
                       help="training MD frames (the last ones) kept out of training: the flow keeps the parameters "
                            "with the best ESS on them (0: no validation, the last parameters)")
     flow.add_argument("--validate-every", type=int, help="training steps between validation checks")
+    flow.add_argument("--augment", choices=["none", "symmetry"],
+                      help="symmetry: each training frame is mapped by a random space-group operation of the "
+                           "crystal (boltzgen.symmetry; 8 for the genice2 order), which leaves its energy unchanged")
+    flow.add_argument("--ema-decay", type=float,
+                      help="evaluate the exponential moving average of the parameters with this decay (0: the last "
+                           "parameters); the last parameters are evaluated too, for comparison")
     flow.add_argument("--energy-backend", default="auto", choices=["auto", "torch", "openmm"],
                       help="auto: TorchEnergy for Ewald and reaction_field, OpenMM for PME")
     flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
@@ -478,7 +506,14 @@ def main(argv=None) -> int:
     )
     if validation is not None:
         flow_params["validation"] = dict(frames=args.validation_frames, every=args.validate_every)
-    flow_path = work_dir / "flow.pt"
+    augment = None
+    if args.augment == "symmetry":
+        augment = symmetry_augmentation(system, energy, x_train, u_target_frames["base_train"])
+        flow_params["augment"] = dict(kind="symmetry", operations=len(augment))
+    if args.ema_decay:
+        flow_params["ema_decay"] = args.ema_decay
+    # one file per setting, so that variants trained on the same MD frames live side by side
+    flow_path = work_dir / f"flow_{zlib.crc32(json.dumps(_canonical(flow_params), sort_keys=True).encode()):08x}.pt"
     if args.init_flow is not None:
         initial = torch.load(args.init_flow, map_location=device, weights_only=False)
         flow.load_state_dict(initial["state_dict"])
@@ -488,7 +523,7 @@ def main(argv=None) -> int:
     if stored is not None and stored["params"] == _canonical(flow_params):
         flow.load_state_dict(stored["state_dict"])
         history, walls["training_s"], trained_here = stored["history"], stored["wall_s"], False
-        validation_history = stored.get("validation_history")
+        validation_history, last_state = stored.get("validation_history"), stored.get("last_state_dict")
         print(f"flow: reused {flow_path} (trained in {walls['training_s']:.0f} s)", flush=True)
     else:
         n_parameters = sum(p.numel() for p in flow.parameters())
@@ -500,12 +535,14 @@ def main(argv=None) -> int:
             learning_rate=args.learning_rate, seed=args.seed, warmup_steps=args.warmup_steps,
             final_lr_fraction=args.final_lr_fraction, log_every=max(1, args.steps // 20), quiet=args.smoke,
             validation=validation, validate_every=args.validate_every, validation_batch_size=args.eval_batch,
+            augment=augment, ema_decay=args.ema_decay or None,
         )
         history, walls["training_s"], trained_here = result.records, result.wall_s, True
+        last_state = result.last_state
         validation_history = None if validation is None else dict(
             checks=result.validation_records, best_step=result.best_step, best_ess=result.best_validation_ess)
         torch.save({"params": _canonical(flow_params), "state_dict": flow.state_dict(), "history": history,
-                    "validation_history": validation_history,
+                    "validation_history": validation_history, "last_state_dict": last_state,
                     "wall_s": result.wall_s, "n_skipped_steps": result.n_skipped_steps}, flow_path)
     if validation_history is not None:
         print(f"validation: kept the parameters of step {validation_history['best_step']} (validation ESS "
@@ -529,6 +566,14 @@ def main(argv=None) -> int:
         -forward_works(flow, x_train[pick], u_base_train[pick], energy, batch_size=args.eval_batch),
         n_bootstrap=args.n_bootstrap, block_size=max(1, round(checks["base_train"]["statistical_inefficiency"])),
         seed=args.seed)
+    last_ess = last_ess_err = None
+    if last_state is not None:  # the optimizer's own last parameters, against their moving average
+        averaged = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        flow.load_state_dict(last_state)
+        last_ess, last_ess_err = ess_with_error(
+            -forward_works(flow, x_eval, u_base_eval.to(device=device, dtype=dtype), energy, batch_size=args.eval_batch),
+            n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+        flow.load_state_dict(averaged)
     df_lfep = lfep(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
     df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
@@ -549,6 +594,8 @@ def main(argv=None) -> int:
         ("ESS (LFEP weights, held-out frames)", f"{flow_ess:.4f} +- {flow_ess_err:.4f}", f"{PUBLISHED['ess']:.4f}",
          f">= {TARGETS['ess']:.2f}", verdict(flow_ess >= TARGETS["ess"])),
         ("ESS on training frames (same count)", f"{train_ess:.4f} +- {train_ess_err:.4f}", "", "", ""),
+        ("ESS, last parameters (not the average)", "-" if last_ess is None else f"{last_ess:.4f} +- {last_ess_err:.4f}",
+         "", "", ""),
         ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
         ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
         ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
@@ -580,7 +627,8 @@ def main(argv=None) -> int:
     summary = dict(
         benchmark="rigid_ice", smoke=bool(args.smoke), system=system.description,
         temperatures_K=[t_base, t_target], n_molecules=n,
-        ess=flow_ess, ess_err=flow_ess_err, ess_train_frames=train_ess, ess_train_frames_err=train_ess_err, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
+        ess=flow_ess, ess_err=flow_ess_err, ess_train_frames=train_ess, ess_train_frames_err=train_ess_err,
+        ess_last_parameters=last_ess, ess_last_parameters_err=last_ess_err, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
         df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
         df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
         df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,

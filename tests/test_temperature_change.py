@@ -186,6 +186,101 @@ def test_validation_keeps_the_parameters_of_the_best_check():
                                  learning_rate=0.01, seed=0, quiet=True, validation=(x_val[:, :2], validation[1]))
 
 
+def test_augmentation_is_applied_to_every_minibatch():
+    """An ensemble-preserving augmentation (x -> -x per sample, a symmetry of the harmonic p_B) still
+    trains to the optimal map; one that is the identity leaves training unchanged."""
+    x = samples(T_BASE, 4096, seed=7)
+    u_b = harmonic(T_BASE)(x)
+    seen = []
+
+    def identity(batch, generator):
+        seen.append(batch.shape)
+        return batch
+
+    reference, recorded = ScaleFlow(D), ScaleFlow(D)
+    options = dict(n_steps=50, batch_size=64, learning_rate=0.05, seed=0, quiet=True)
+    train_temperature_change(reference, x, u_b, harmonic(T_TARGET), **options)
+    train_temperature_change(recorded, x, u_b, harmonic(T_TARGET), augment=identity, **options)
+    assert seen == [torch.Size([64, D])] * 50 and torch.equal(recorded.log_scale, reference.log_scale)
+
+    def flip(batch, generator):
+        signs = torch.randint(0, 2, (batch.shape[0], 1), generator=generator).to(batch) * 2 - 1
+        return batch * signs
+
+    flipped = ScaleFlow(D)
+    train_temperature_change(flipped, x, u_b, harmonic(T_TARGET), augment=flip, **dict(options, n_steps=300, batch_size=256))
+    assert torch.allclose(flipped.log_scale.detach(), torch.full((D,), OPTIMAL_LOG_SCALE, dtype=torch.float64), atol=0.03)
+
+    def shift(batch, generator):  # not a symmetry: moves the samples off the base ensemble
+        return batch + 3.0
+
+    shifted = ScaleFlow(D)
+    train_temperature_change(shifted, x, u_b, harmonic(T_TARGET), augment=shift, **dict(options, n_steps=300, batch_size=256))
+    assert not torch.allclose(shifted.log_scale.detach(), flipped.log_scale.detach(), atol=0.1)
+
+
+def test_moving_average_of_the_parameters_is_what_the_flow_keeps():
+    """With ``ema_decay`` the flow ends with the EMA of the parameter trajectory (recomputed here
+    from runs stopped after 1, 2, ... steps), ``last_state`` with the last parameters."""
+    x = samples(T_BASE, 1024, seed=3)
+    u_b = harmonic(T_BASE)(x)
+    options = dict(batch_size=8, learning_rate=0.05, seed=4, quiet=True, final_lr_fraction=1.0)
+    n_steps, decay = 12, 0.7
+    trajectory = []
+    for n in range(1, n_steps + 1):  # the trajectory of one training run (the schedule is flat)
+        flow = ScaleFlow(D)
+        train_temperature_change(flow, x, u_b, harmonic(T_TARGET), n_steps=n, **options)
+        trajectory.append(flow.log_scale.detach().clone())
+    expected = torch.zeros(D, dtype=torch.float64)  # the initial parameters
+    for n, theta in enumerate(trajectory):
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        expected = expected + weight * (theta - expected)
+    flow = ScaleFlow(D)
+    history = train_temperature_change(flow, x, u_b, harmonic(T_TARGET), n_steps=n_steps, ema_decay=decay, **options)
+    assert torch.allclose(flow.log_scale.detach(), expected, rtol=0, atol=1e-12)
+    assert torch.equal(history.last_state["log_scale"], trajectory[-1])
+    assert not torch.allclose(expected, trajectory[-1], atol=1e-3)  # the average differs from the last step
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            train_temperature_change(ScaleFlow(D), x, u_b, harmonic(T_TARGET), n_steps=1, ema_decay=bad, **options)
+
+
+def test_parameter_average_swaps_in_and_restores():
+    from boltzgen.train.averaging import ParameterAverage
+
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    average = ParameterAverage([theta], decay=0.5)
+    with torch.no_grad():
+        theta.fill_(1.0)
+    average.update()  # d_0 = min(0.5, 1 / 10) = 0.1: avg = 0.9
+    with torch.no_grad():
+        theta.fill_(2.0)
+    average.update()  # d_1 = min(0.5, 2 / 11): avg = 0.9 + (9 / 11) * 1.1 = 1.8
+    assert torch.allclose(average.averages[0], torch.full((3,), 1.8, dtype=torch.float64), atol=1e-12)
+    with average.swapped_in():
+        assert torch.allclose(theta.detach(), torch.full((3,), 1.8, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(theta.detach(), torch.full((3,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="decay"):
+        ParameterAverage([theta], decay=1.0)
+
+
+def test_validation_checks_the_averaged_parameters():
+    x, x_val = samples(T_BASE, 2048, seed=10), samples(T_BASE, 1024, seed=11)
+    validation = (x_val, harmonic(T_BASE)(x_val))
+    options = dict(n_steps=60, batch_size=16, learning_rate=0.05, seed=0, quiet=True, ema_decay=0.9)
+    averaged = ScaleFlow(D)  # no validation: left with the averaged parameters
+    history = train_temperature_change(averaged, x, harmonic(T_BASE)(x), harmonic(T_TARGET), **options)
+    last = ScaleFlow(D)
+    last.load_state_dict(history.last_state)
+    checked = train_temperature_change(ScaleFlow(D), x, harmonic(T_BASE)(x), harmonic(T_TARGET),
+                                       validation=validation, validate_every=60, **options)
+    assert [r["step"] for r in checked.validation_records] == [0, 60]
+    ess_averaged = ess(-forward_works(averaged, x_val, validation[1], harmonic(T_TARGET)))
+    ess_last = ess(-forward_works(last, x_val, validation[1], harmonic(T_TARGET)))
+    assert checked.validation_records[1]["ess"] == pytest.approx(ess_averaged, rel=1e-12)
+    assert abs(ess_last - ess_averaged) > 1e-6
+
+
 def test_training_skips_non_finite_steps_and_stops_when_diverged():
     class NaNFlow(ScaleFlow):
         def _forward(self, x, context=None):

@@ -27,6 +27,7 @@ progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,11 +39,14 @@ from boltzgen.errors import BoltzgenError
 from boltzgen.flows.base import Flow
 from boltzgen.progress import progress_bar
 from boltzgen.sampling.weights import ess
+from boltzgen.train.averaging import ParameterAverage
 from boltzgen.train.losses import LinLogCut
 from boltzgen.train.trainer import TrainingStage
 
 #: A reduced energy: configurations ``[B, D]`` -> energies ``[B]`` in kT (an `Energy` qualifies).
 ReducedEnergy = Callable[[torch.Tensor], torch.Tensor]
+#: A minibatch augmentation ``(x [B, D], generator) -> [B, D]`` that leaves the base ensemble invariant.
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass
@@ -196,6 +200,8 @@ class TemperatureChangeHistory:
             initial flow; ``ess``, the Kish ESS of the validation log weights; ``mean_work``, kT).
         best_step: the step whose parameters the flow was left with (None without validation).
         best_validation_ess: their validation ESS (None without validation).
+        last_state: with ``ema_decay``, the flow's state dict with the optimizer's last
+            parameters (the flow itself is left with the averaged ones); else None.
     """
 
     records: list[dict] = field(default_factory=list)
@@ -206,6 +212,7 @@ class TemperatureChangeHistory:
     validation_records: list[dict] = field(default_factory=list)
     best_step: Optional[int] = None
     best_validation_ess: Optional[float] = None
+    last_state: Optional[dict] = None
 
 
 def _validation_record(flow: Flow, validation: tuple[torch.Tensor, torch.Tensor], target: ReducedEnergy,
@@ -240,6 +247,8 @@ def train_temperature_change(
     validation: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     validate_every: int = 500,
     validation_batch_size: int = 256,
+    augment: Optional[Augmentation] = None,
+    ema_decay: Optional[float] = None,
 ) -> TemperatureChangeHistory:
     """Minimise :func:`base_to_target_loss` over minibatches of fixed base samples.
 
@@ -268,6 +277,16 @@ def train_temperature_change(
             other than the validation ones.
         validate_every: steps between validation checks.
         validation_batch_size: samples per flow evaluation in a check.
+        augment: optional map of each minibatch ``(x [B, D_in], generator) -> [B, D_in]`` that
+            leaves the base ensemble and the base energies invariant, e.g. a random symmetry
+            operation of a crystal per sample (`boltzgen.symmetry.SymmetryAugmentation`); drawn
+            from the minibatch stream's generator. The energies ``u_B`` of the batch are reused
+            unchanged: invariance is the caller's promise.
+        ema_decay: optional decay ``d`` of an exponential moving average of the parameters,
+            ``avg <- avg + (1 - min(d, (1 + n) / (10 + n))) (theta - avg)`` after optimizer step n
+            (the ramp keeps early averages from holding the initial parameters). With it, the
+            validation checks and the returned flow use the averaged parameters, and
+            ``history.last_state`` keeps the optimizer's own last parameters.
 
     Returns:
         `TemperatureChangeHistory`; the flow is left in eval mode.
@@ -283,6 +302,8 @@ def train_temperature_change(
         raise ValueError(f"log_every must be >= 1, got {log_every!r}")
     if validate_every < 1:
         raise ValueError(f"validate_every must be >= 1, got {validate_every!r}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay!r}")
     if validation is not None:
         x_val, u_val = validation
         u_val = torch.as_tensor(u_val).reshape(-1)
@@ -310,15 +331,17 @@ def train_temperature_change(
     start = time.perf_counter()
     flow.train()
     best_state = None
+    average = None if ema_decay is None else ParameterAverage(parameters, ema_decay)
 
     def check(step: int) -> None:
         nonlocal best_state
-        record = _validation_record(flow, validation, target, validation_batch_size, step)
-        history.validation_records.append(record)
-        history.n_energy_evaluations += validation[0].shape[0]
-        if history.best_validation_ess is None or record["ess"] > history.best_validation_ess:
-            history.best_step, history.best_validation_ess = step, record["ess"]
-            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        with average.swapped_in() if average is not None else contextlib.nullcontext():
+            record = _validation_record(flow, validation, target, validation_batch_size, step)
+            history.validation_records.append(record)
+            history.n_energy_evaluations += validation[0].shape[0]
+            if history.best_validation_ess is None or record["ess"] > history.best_validation_ess:
+                history.best_step, history.best_validation_ess = step, record["ess"]
+                best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
     if validation is not None:
         validation = (x_val.to(device), u_val.to(device))
@@ -329,7 +352,8 @@ def train_temperature_change(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, base_samples.shape[0], (batch_size,), generator=batches).to(device)
-            loss, diag = base_to_target_loss(flow, base_samples[idx], base_energies[idx], target, cut)
+            x_batch = base_samples[idx] if augment is None else augment(base_samples[idx], batches)
+            loss, diag = base_to_target_loss(flow, x_batch, base_energies[idx], target, cut)
             history.n_energy_evaluations += batch_size
             optimizer.zero_grad(set_to_none=True)
             record: dict = {"step": step + 1, "lr": lr}
@@ -350,6 +374,8 @@ def train_temperature_change(
                     )
             else:
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 consecutive_skips = 0
                 record.update(
                     loss=float(loss.detach()), mean_work=diag.mean_work, ess=diag.ess, n_energy_cut=diag.n_cut,
@@ -362,6 +388,9 @@ def train_temperature_change(
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "ess")})
             if validation is not None and ((step + 1) % validate_every == 0 or step + 1 == n_steps):
                 check(step + 1)
+    if average is not None:
+        history.last_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        average.copy_to_parameters()
     if best_state is not None:
         flow.load_state_dict(best_state)
     history.wall_s = time.perf_counter() - start
