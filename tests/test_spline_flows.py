@@ -11,6 +11,7 @@ from boltzgen.distributions import UniformInterval
 from boltzgen.flows import (
     CircularShift,
     CouplingLayer,
+    FixedPrecisionConditioner,
     InverseFlow,
     MLPConditioner,
     RationalQuadraticSpline,
@@ -233,6 +234,28 @@ def test_coupling_layer_passes_flow_checks(context_dim):
     if context_dim:
         y_other, _ = layer(x, context=context + 1.0)
         assert (y_other - y).abs().max() > 1e-3, "the context is ignored"
+
+
+def test_fixed_precision_conditioner_keeps_its_dtype_and_the_layer_stays_exact():
+    layer = perturb_parameters(make_layer(context_dim=3), scale=0.5)
+    network = layer.conditioner
+    layer.conditioner = FixedPrecisionConditioner(network, torch.float32)
+    layer.double()  # the enclosing flow's cast does not reach the wrapped network
+    assert {p.dtype for p in layer.conditioner.parameters()} == {torch.float32}
+    x = torch.rand(6, 5, dtype=torch.float64)
+    context = torch.randn(6, 3, dtype=torch.float64)
+    params = layer.conditioner(x[:, [1, 2]], context)
+    assert params.dtype == torch.float64
+    # the same float32 computation as the network on rounded inputs
+    expected = network(x[:, [1, 2]].float(), context.float())
+    torch.testing.assert_close(params, expected.double(), rtol=0, atol=0)
+    y, logdet = assert_invertible(layer, x, context=context, atol=1e-10, circular_mask=MIXED_CIRCULAR)
+    assert logdet.dtype == torch.float64 and logdet.abs().min() > 1e-3
+    y, logdet = layer(x, context=context)
+    (y.square().sum() + logdet.sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.conditioner.parameters())
+    with pytest.raises(ValueError, match="floating"):
+        FixedPrecisionConditioner(network, torch.int32)
 
 
 def test_coupling_layer_accepts_a_boolean_mask_and_a_partial_conditioning_set():

@@ -2,7 +2,7 @@
 
 from boltzgen.flows.affine import AffineTransformer, affine_coupling_layer
 from boltzgen.flows.base import Flow, InverseFlow, SequentialFlow
-from boltzgen.flows.conditioners import ConditionerFeatures, MLPConditioner
+from boltzgen.flows.conditioners import ConditionerFeatures, FixedPrecisionConditioner, MLPConditioner
 from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
 from boltzgen.flows.internal_coordinates import InternalCoordinateTransform
 from boltzgen.flows.marginal_gaussian import TruncatedNormalMarginals
@@ -56,6 +56,7 @@ __all__ = [
     # coupling layers and rational-quadratic splines
     "CircularShift",
     "ConditionerFeatures",
+    "FixedPrecisionConditioner",
     "CouplingLayer",
     "ElementwiseTransformer",
     "MLPConditioner",

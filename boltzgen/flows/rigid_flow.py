@@ -74,7 +74,7 @@ from boltzgen.distributions.product import ProductDistribution
 from boltzgen.distributions.rotations import UniformS3
 from boltzgen.distributions.uniform import UniformTorus
 from boltzgen.flows.base import Flow, SequentialFlow
-from boltzgen.flows.conditioners import MLPConditioner
+from boltzgen.flows.conditioners import FixedPrecisionConditioner, MLPConditioner
 from boltzgen.flows.coupling import CouplingLayer, ElementwiseTransformer
 from boltzgen.flows.mobius import MobiusCircleTransformer, QuaternionMobiusTransformer
 from boltzgen.flows.quaternions import (
@@ -427,6 +427,7 @@ def _rigid_coupling_layer(
     hidden: Sequence[int],
     activation: Callable[[], torch.nn.Module],
     attention: dict,
+    conditioner_dtype: Optional[torch.dtype] = None,
 ) -> CouplingLayer:
     transformed_idx = torch.as_tensor(sorted(transformed), dtype=torch.long)
     conditioning = _complement(layout.dim, transformed)
@@ -437,6 +438,8 @@ def _rigid_coupling_layer(
             layout, conditioning, transformed_idx, params_per_variable, output_bias,
             activation=activation, **attention,
         )
+    if conditioner_dtype is not None:
+        network = FixedPrecisionConditioner(network, conditioner_dtype)
     return CouplingLayer(layout.dim, transformed_idx, network, transformer, conditioning=conditioning)
 
 
@@ -449,6 +452,7 @@ def rigid_position_coupling(
     hidden: Sequence[int] = (128, 128),
     activation: Callable[[], torch.nn.Module] = torch.nn.SiLU,
     attention: Optional[dict] = None,
+    conditioner_dtype: Optional[torch.dtype] = None,
 ) -> CouplingLayer:
     """Coupling layer on the position coordinates ``(k, a)`` with ``(k + a) % 2 == parity``.
 
@@ -473,7 +477,7 @@ def rigid_position_coupling(
         raise ValueError(f"position_transformer must be one of {POSITION_TRANSFORMERS}, got {position_transformer!r}")
     return _rigid_coupling_layer(
         layout, transformed, transformer, transformer.identity_parameters(), per_variable,
-        conditioner, hidden, activation, attention or {},
+        conditioner, hidden, activation, attention or {}, conditioner_dtype,
     )
 
 
@@ -486,6 +490,7 @@ def rigid_rotation_coupling(
     attention: Optional[dict] = None,
     init_radius: float = 0.1,
     generator: Optional[torch.Generator] = None,
+    conditioner_dtype: Optional[torch.dtype] = None,
 ) -> CouplingLayer:
     """Coupling layer applying double Möbius maps to the quaternions of ``molecules``.
 
@@ -503,6 +508,7 @@ def rigid_rotation_coupling(
     bias = transformer.near_identity_parameters(init_radius, generator=generator)
     return _rigid_coupling_layer(
         layout, transformed, transformer, bias, 4, conditioner, hidden, activation, attention or {},
+        conditioner_dtype,
     )
 
 
@@ -521,6 +527,7 @@ def rigid_coupling_flow(
     rotation_init_radius: float = 0.1,
     shift_positions: bool = True,
     seed: int = 0,
+    conditioner_dtype: Optional[torch.dtype] = None,
 ) -> SequentialFlow:
     """Coupling flow on the rigid latent layout ``[B, 3(K-1) + 4K]`` (module docstring).
 
@@ -542,6 +549,9 @@ def rigid_coupling_flow(
         rotation_init_radius: ``|q|`` of the rotation layers' initial Möbius parameters.
         seed: seeds the random initial Möbius directions, shift offsets and attention weights
             (the global RNG state is left untouched).
+        conditioner_dtype: run every conditioner network in this dtype whatever the flow's
+            dtype (`boltzgen.flows.conditioners.FixedPrecisionConditioner`; e.g. float32
+            networks in a float64 flow, about twice as fast on a CPU); None: the flow's dtype.
 
     Returns:
         A `SequentialFlow` ``[B, D] -> [B, D]`` (D = ``3(K-1) + 4K``): identity on the positions
@@ -556,7 +566,8 @@ def rigid_coupling_flow(
         raise ValueError(f"position_transformer must be one of {POSITION_TRANSFORMERS}, got {position_transformer!r}")
     attention = dict(d_model=attention_dim, n_heads=attention_heads, n_layers=attention_layers)
     generator = torch.Generator().manual_seed(seed)
-    common = dict(conditioner=conditioner, hidden=hidden, activation=activation, attention=attention)
+    common = dict(conditioner=conditioner, hidden=hidden, activation=activation, attention=attention,
+                  conditioner_dtype=conditioner_dtype)
     layers: list[Flow] = []
     total_offset = torch.zeros(layout.n_position_dims, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):
