@@ -245,7 +245,7 @@ def build_flow(rigid, args, device, dtype):
     latent = rigid_coupling_flow(
         rigid.n_molecules, n_blocks=args.n_blocks, hidden=tuple(args.hidden), conditioner=args.conditioner,
         attention_dim=args.attention_dim, attention_heads=args.attention_heads,
-        attention_layers=args.attention_layers, seed=args.seed,
+        attention_layers=args.attention_layers, seed=args.flow_seed,
         conditioner_dtype=None if args.conditioner_dtype == args.dtype else getattr(torch, args.conditioner_dtype),
     )
     flow = SequentialFlow([InverseFlow(coordinates), latent, coordinates])
@@ -298,7 +298,10 @@ def parse_args(argv):
                         help="MD frames, MBAR reference, trained flow (default out/rigid_ice[_smoke])")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"results file (default {RESULTS_JSON.relative_to(REPO)}; with --smoke in the work dir)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the MD, the flow and the bootstrap")
+    parser.add_argument("--flow-seed", type=int, default=None,
+                        help="seeds the flow's initialisation and minibatches only (default --seed): a seed study "
+                             "on the same MD frames")
     parser.add_argument("--device", default=None, help="torch device of the flow: cpu, cuda, auto (default)")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--torch-threads", type=int, default=1,
@@ -364,6 +367,8 @@ def parse_args(argv):
     for key, value in profile.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.flow_seed is None:
+        args.flow_seed = args.seed
     if args.train_stride is None:
         args.train_stride = args.stride
     if args.work_dir is None:
@@ -505,7 +510,7 @@ def main(argv=None) -> int:
         n_blocks=args.n_blocks, conditioner=args.conditioner, hidden=list(args.hidden),
         attention=[args.attention_dim, args.attention_heads, args.attention_layers], steps=args.steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, final_lr_fraction=args.final_lr_fraction,
-        warmup_steps=args.warmup_steps, seed=args.seed, dtype=args.dtype, temperatures=[t_base, t_target],
+        warmup_steps=args.warmup_steps, seed=args.flow_seed, dtype=args.dtype, temperatures=[t_base, t_target],
         energy_backend=energy.backend,
     )
     if validation is not None:
@@ -535,10 +540,10 @@ def main(argv=None) -> int:
         n_parameters = sum(p.numel() for p in flow.parameters())
         print(f"training: {n_parameters} parameters, {args.steps} steps x {args.batch_size} frames on {device}",
               flush=True)
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.flow_seed)
         result = train_temperature_change(
             flow, x_train, u_base_train, energy, n_steps=args.steps, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, seed=args.seed, warmup_steps=args.warmup_steps,
+            learning_rate=args.learning_rate, seed=args.flow_seed, warmup_steps=args.warmup_steps,
             final_lr_fraction=args.final_lr_fraction, log_every=max(1, args.steps // 20), quiet=args.smoke,
             validation=validation, validate_every=args.validate_every, validation_batch_size=args.eval_batch,
             augment=augment, ema_decay=args.ema_decay or None,
