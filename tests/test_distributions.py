@@ -8,7 +8,15 @@ import pytest
 import torch
 from scipy import stats
 
-from boltzgen.distributions import Distribution, NormalDistribution, UniformInterval, UniformTorus
+from boltzgen.distributions import (
+    Distribution,
+    NormalDistribution,
+    UniformInterval,
+    UniformS3,
+    UniformTorus,
+    WatsonS3,
+    WrappedNormalTorus,
+)
 
 N_SAMPLES = 40_000
 
@@ -164,6 +172,111 @@ def test_uniform_torus_normalisation_periodicity_and_samples():
         UniformTorus(2, period=0.0)
 
 
+# --- wrapped normal on the torus ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("std", [0.05, 0.3, 1.0, 6.0])
+def test_wrapped_normal_normalises_is_periodic_and_matches_its_circular_moment(std):
+    period = 2.0
+    prior = WrappedNormalTorus(torch.tensor([0.7], dtype=torch.float64), std, period=period)
+    grid = torch.linspace(0.0, period, 20_001, dtype=torch.float64)[:-1].reshape(-1, 1)
+    density = prior.log_prob(grid).exp()
+    assert float(density.sum() * period / len(grid)) == pytest.approx(1.0, abs=1e-10)  # periodic: rectangle rule
+    turns = torch.randint(-3, 4, grid.shape).to(torch.float64)
+    torch.testing.assert_close(prior.log_prob(grid + turns * period), prior.log_prob(grid), rtol=0, atol=1e-9)
+    samples = prior.sample(N_SAMPLES)
+    assert bool(((samples >= 0) & (samples < period)).all())
+    # E[cos(2 pi (x - m) / P)] = exp(-2 pi^2 std^2 / P^2) for the wrapped normal
+    cosine = torch.cos(2 * math.pi * (samples - 0.7) / period)
+    exact = math.exp(-2 * math.pi**2 * std**2 / period**2)
+    assert abs(float(cosine.mean()) - exact) < 5 * float(cosine.std()) / math.sqrt(N_SAMPLES) + 1e-12
+    if std == 0.05:  # no wrapping to speak of: the normal density at the nearest image
+        x = torch.tensor([[0.65], [1.9], [0.1]], dtype=torch.float64)
+        d = torch.remainder(x - 0.7 + 1.0, 2.0) - 1.0
+        torch.testing.assert_close(prior.log_prob(x), torch.as_tensor(stats.norm.logpdf(d.numpy(), 0, std)).sum(-1))
+    if std == 6.0:  # wrapped far beyond the period: uniform
+        torch.testing.assert_close(density, torch.full_like(density, 1 / period), rtol=1e-12, atol=0)
+
+
+def test_wrapped_normal_errors_and_nan():
+    with pytest.raises(ValueError, match="std"):
+        WrappedNormalTorus([0.0, 0.5], std=[0.1, 0.0])
+    with pytest.raises(ValueError, match="period"):
+        WrappedNormalTorus([0.0], std=0.1, period=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        WrappedNormalTorus(0.0, std=0.1)
+    prior = WrappedNormalTorus(0.2, std=0.1, dim=2)
+    assert prior.dim == 2
+    log_p = prior.log_prob(torch.tensor([[float("nan"), 0.1], [0.2, 0.2]]))
+    assert torch.isnan(log_p[0]) and torch.isfinite(log_p[1])
+
+
+# --- Watson distribution on S^3 -----------------------------------------------------------------
+
+
+def points_at_cosine(t: torch.Tensor, mean: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Unit quaternions ``[n, 4]`` with ``q . mean = t`` and a random direction orthogonal to ``mean``."""
+    v = torch.randn(len(t), 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    v = v - (v @ mean)[:, None] * mean
+    v = v / v.norm(dim=-1, keepdim=True)
+    return t[:, None] * mean + torch.sqrt(1 - t[:, None] ** 2) * v
+
+
+@pytest.mark.parametrize("rotation_std", [0.1, 0.8, 3.0, 1e3])
+def test_watson_normalises_is_even_and_samples_its_density(rotation_std):
+    mean = torch.tensor([0.5, -0.5, 0.5, 0.5], dtype=torch.float64)
+    prior = WatsonS3(mean.reshape(1, 4), rotation_std)
+    assert float(prior.kappa) == pytest.approx(2 / rotation_std**2)
+    # the density depends on t = q . mean only; on S^3, d(area) = 4 pi sqrt(1 - t^2) dt:
+    # Gauss-Chebyshev (second kind) quadrature of int 4 pi sqrt(1 - t^2) p(t) dt
+    n = 4000
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    nodes = torch.cos(k * math.pi / (n + 1))
+    weights = math.pi / (n + 1) * torch.sin(k * math.pi / (n + 1)) ** 2
+    density = prior.log_prob(points_at_cosine(nodes, mean)).exp()
+    assert float((4 * math.pi * weights * density).sum()) == pytest.approx(1.0, abs=1e-8)
+    q = points_at_cosine(2 * torch.rand(50, dtype=torch.float64) - 1, mean, seed=1)
+    torch.testing.assert_close(prior.log_prob(-q), prior.log_prob(q), rtol=0, atol=1e-12)
+    samples = prior.sample(N_SAMPLES, generator=torch.Generator().manual_seed(3))
+    assert samples.dtype == torch.float64 and samples.shape == (N_SAMPLES, 4)
+    torch.testing.assert_close(samples.norm(dim=-1), torch.ones(N_SAMPLES, dtype=torch.float64))
+    for power in (2, 4):  # E[t^2], E[t^4] of the samples against quadrature
+        moment = (samples @ mean) ** power
+        exact = float((4 * math.pi * weights * density * nodes**power).sum())
+        assert abs(float(moment.mean()) - exact) < 5 * float(moment.std()) / math.sqrt(N_SAMPLES) + 1e-12
+    if rotation_std == 0.1:  # concentrated: Gaussian rotation vectors of that standard deviation
+        sign = torch.sign(samples @ mean)[:, None]
+        tangent = samples * sign - (samples * sign @ mean)[:, None] * mean
+        angle = 2 * torch.asin(tangent.norm(dim=-1).clamp(max=1.0))
+        assert float(angle.square().mean() / 3) ** 0.5 == pytest.approx(rotation_std, rel=0.02)
+    if rotation_std == 1e3:  # kappa = 2e-6: uniform
+        torch.testing.assert_close(prior.log_prob(q), UniformS3(1).double().log_prob(q), rtol=0, atol=1e-5)
+
+
+def test_watson_several_quaternions_off_sphere_and_errors():
+    means = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]], dtype=torch.float64)  # normalised here
+    prior = WatsonS3(means, torch.tensor([0.2, 0.6], dtype=torch.float64))
+    x = prior.sample(8)
+    assert x.shape == (8, 8)
+    single = [WatsonS3(means[k : k + 1], s) for k, s in enumerate((0.2, 0.6))]
+    torch.testing.assert_close(prior.log_prob(x), single[0].log_prob(x[:, :4]) + single[1].log_prob(x[:, 4:]))
+    flipped = x.clone()
+    flipped[:, 4:] *= -1
+    torch.testing.assert_close(prior.log_prob(flipped), prior.log_prob(x), rtol=0, atol=1e-12)
+    off = x.clone()
+    off[:, :4] *= 1.1
+    assert torch.isneginf(prior.log_prob(off)).all()
+    x[0, 0] = float("nan")
+    assert torch.isnan(prior.log_prob(x)[0])
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="rotation_std"):
+            WatsonS3(means, bad)
+    with pytest.raises(ValueError, match="means"):
+        WatsonS3(torch.zeros(1, 3), 0.5)
+    with pytest.raises(ValueError, match="non-zero"):
+        WatsonS3(torch.zeros(1, 4), 0.5)
+
+
 # --- the common contract -----------------------------------------------------------------------
 
 
@@ -171,6 +284,7 @@ ALL_PRIORS = [
     lambda: NormalDistribution(3, mean=1.0, std=2.0, temperature=1.5),
     lambda: UniformInterval(0.0, 1.0, dim=3),
     lambda: UniformTorus(3),
+    lambda: WrappedNormalTorus([0.1, 0.5, 0.9], std=[0.05, 0.2, 0.6]),
 ]
 
 

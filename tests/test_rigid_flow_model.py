@@ -26,6 +26,7 @@ from boltzgen.flows.rigid_flow import (
     MoleculeAttentionConditioner,
     RigidCoordinateLayer,
     RigidLatentLayout,
+    lattice_rigid_prior,
     rigid_coupling_flow,
     rigid_generator,
     uniform_rigid_prior,
@@ -312,6 +313,39 @@ def test_zero_energy_weights_give_the_exact_rigid_volume():
     assert 3 * math.log(volume * 8 * math.pi**2) - (2 * math.log(volume) + 3 * math.log(2 * math.pi**2)) == (
         pytest.approx(rigid.log_volume_constant())
     )
+
+
+def test_lattice_prior_is_peaked_at_the_reference_and_exactly_normalised():
+    """The Gaussian-around-lattice prior: its mode is the reference structure, and with u = 0 the
+    importance weights of a generator with it still estimate the exact volume (V 8 pi^2)^K."""
+    rigid = three_waters()
+    reference = ice_rf().positions[:12]
+    layer = RigidCoordinateLayer(rigid).double()
+    prior = lattice_rigid_prior(rigid, reference, position_std=0.02, rotation_std=0.1).double()
+    z_ref, _ = layer.inverse(torch.as_tensor(reference, dtype=F64).reshape(1, -1))
+    z = prior.sample(2000, generator=torch.Generator().manual_seed(1))
+    assert float(prior.log_prob(z).max()) < float(prior.log_prob(z_ref)[0])
+    # positions of molecules 1, 2 relative to molecule 0: 0.02 nm per axis around the reference's
+    relative = rigid.from_cartesian(layer(z)[0]).positions[:, 1:]
+    expected = rigid.from_cartesian(torch.as_tensor(reference, dtype=F64).reshape(1, -1)).positions[:, 1:]
+    rms = float(rigid.minimum_image(relative - expected).square().mean().sqrt())
+    assert rms == pytest.approx(0.02, rel=0.05)
+    broad = lattice_rigid_prior(rigid, reference, position_std=0.15, rotation_std=1.0).double()
+    generator = BoltzmannGenerator(broad, layer, ZeroEnergy(36))
+    torch.manual_seed(5)
+    _, log_w = generator.sample_with_log_weights(40_000)
+    w = torch.exp(log_w - log_w.max())
+    estimate = float(torch.log(w.mean()) + log_w.max())
+    error = float(w.std() / w.mean()) / math.sqrt(len(w))
+    assert abs(estimate - 3 * math.log(float(torch.prod(rigid.box)) * 8 * math.pi**2)) < 4 * error + 1e-3
+    with pytest.raises(ValueError, match="position_std"):
+        lattice_rigid_prior(rigid, reference, position_std=0.0)
+    with pytest.raises(ValueError, match="rotation_std"):
+        lattice_rigid_prior(rigid, reference, rotation_std=-0.1)
+    with pytest.raises(ValueError, match="reference"):
+        rigid_generator(rigid, prior="lattice")
+    lattice_generator = rigid_generator(ice_rf(), prior="lattice", n_blocks=1, **SMALL)
+    assert lattice_generator.prior.dim == RigidLatentLayout(16).dim
 
 
 def test_importance_sampling_recovers_the_exact_tetrahedron_partition_function():

@@ -23,6 +23,7 @@ from boltzgen.flows.rigid_flow import (
     MoleculeAttentionConditioner,
     RigidCoordinateLayer,
     RigidLatentLayout,
+    lattice_rigid_prior,
     rigid_coupling_flow,
     rigid_generator,
     uniform_rigid_prior,
@@ -102,6 +103,7 @@ __all__ = [
     "RigidCoordinateLayer",
     "RigidLatentLayout",
     "rigid_coupling_flow",
+    "lattice_rigid_prior",
     "rigid_generator",
     "uniform_rigid_prior",
 ]

@@ -86,6 +86,8 @@ from boltzgen.flows.shifts import CircularShift
 from boltzgen.flows.splines import RationalQuadraticSpline, n_spline_parameters
 
 if TYPE_CHECKING:  # boltzgen.rigid imports boltzgen.flows: import it lazily to avoid a cycle
+    import numpy as np
+
     from boltzgen.rigid import RigidBodySystem
 
 MEASURES = ("haar", "flow", "cartesian")
@@ -187,6 +189,51 @@ def uniform_rigid_prior(n_molecules: int) -> ProductDistribution:
     if layout.n_position_dims:
         components.append(UniformTorus(layout.n_position_dims, period=1.0))
     components.append(UniformS3(layout.n_molecules))
+    return ProductDistribution(components)
+
+
+def lattice_rigid_prior(
+    rigid: "RigidBodySystem",
+    reference: Union[torch.Tensor, "np.ndarray"],
+    position_std: float = 0.02,
+    rotation_std: float = 0.2,
+) -> ProductDistribution:
+    """Latent prior concentrated on a reference structure (a crystal lattice): shapes ``[B, 3(K-1) + 4K]``.
+
+    Positions of molecules 1..K-1 relative to molecule 0 (box fractions, as in
+    :class:`RigidCoordinateLayer`) are wrapped normal around the reference's
+    (`boltzgen.distributions.WrappedNormalTorus`, standard deviation ``position_std`` nm along every
+    axis); orientations are Watson distributions around the reference's quaternions
+    (`boltzgen.distributions.WatsonS3`, even in each quaternion, Gaussian rotation vectors of
+    standard deviation ``rotation_std`` rad per axis near the mode). Both are exactly normalised
+    on the torus x (S^3)^K and sampled exactly, so a generator with this prior keeps exact
+    importance weights.
+
+    Args:
+        rigid: periodic `RigidBodySystem` with the translation removed (K > 1) or a single molecule.
+        reference: configuration ``[N, 3]`` or ``[3N]`` nm (e.g. ``system.positions``).
+        position_std: nm, > 0 (unused for K = 1).
+        rotation_std: rad, > 0.
+    """
+    from boltzgen.distributions import WatsonS3, WrappedNormalTorus
+
+    layer = RigidCoordinateLayer(rigid, measure="flow")
+    x = torch.as_tensor(reference, dtype=torch.float64).reshape(1, -1)
+    if not torch.isfinite(x).all():
+        raise ValueError("the reference configuration must be finite")
+    if not rotation_std > 0:
+        raise ValueError(f"rotation_std must be positive, got {rotation_std!r}")
+    with torch.no_grad():
+        z, _ = layer.to(torch.float64).inverse(x)
+    fractions, quaternions = layer.layout.split(z)
+    components: list[Distribution] = []
+    if layer.layout.n_free:
+        if not position_std > 0:
+            raise ValueError(f"position_std must be positive, got {position_std!r}")
+        box = rigid.box.to(torch.float64)
+        std = (position_std / box).repeat(layer.layout.n_free)
+        components.append(WrappedNormalTorus(fractions.reshape(-1), std, period=1.0))
+    components.append(WatsonS3(quaternions[0], rotation_std))
     return ProductDistribution(components)
 
 
@@ -606,6 +653,7 @@ def rigid_generator(
     n_blocks: int = 4,
     prior: Union[str, Distribution] = "uniform",
     measure: str = "haar",
+    reference: Optional[Union[torch.Tensor, "np.ndarray"]] = None,
     **flow_options,
 ):
     """A `BoltzmannGenerator` for a system of K rigid molecules.
@@ -616,10 +664,13 @@ def rigid_generator(
         target: the target `boltzgen.energy.Energy` of Cartesian ``[B, 3N]`` nm (or None).
         n_blocks: blocks of :func:`rigid_coupling_flow`.
         prior: ``"uniform"`` (:func:`uniform_rigid_prior`: uniform box fractions x uniform
-            S^3) or any `Distribution` on the latent layout ``[B, 3(K-1) + 4K]`` (it should be
+            S^3), ``"lattice"`` (:func:`lattice_rigid_prior` around ``reference`` with its default
+            spreads) or any `Distribution` on the latent layout ``[B, 3(K-1) + 4K]`` (it should be
             even in each quaternion, see the module docstring).
         measure: reference measure of :class:`RigidCoordinateLayer` (default ``"haar"``: the
             importance weights estimate ``Z = int prod d^3p dOmega exp(-u)``).
+        reference: the configuration ``[N, 3]`` nm of ``prior="lattice"`` (default: the
+            positions of a `MolecularSystem`).
         **flow_options: passed to :func:`rigid_coupling_flow`.
 
     Returns:
@@ -632,9 +683,16 @@ def rigid_generator(
     rigid = system if isinstance(system, RigidBodySystem) else RigidBodySystem.from_molecular_system(system)
     layout = RigidLatentLayout(rigid.n_molecules)
     if isinstance(prior, str):
-        if prior != "uniform":
-            raise ValueError(f"prior must be 'uniform' or a Distribution, got {prior!r}")
-        prior = uniform_rigid_prior(layout.n_molecules)
+        if prior == "uniform":
+            prior = uniform_rigid_prior(layout.n_molecules)
+        elif prior == "lattice":
+            if reference is None:
+                reference = getattr(system, "positions", None)
+            if reference is None:
+                raise ValueError("prior='lattice' needs a reference configuration (reference= or a MolecularSystem)")
+            prior = lattice_rigid_prior(rigid, reference)
+        else:
+            raise ValueError(f"prior must be 'uniform', 'lattice' or a Distribution, got {prior!r}")
     elif not isinstance(prior, Distribution):
         raise TypeError(f"prior must be 'uniform' or a Distribution, got {type(prior).__name__}")
     if prior.dim != layout.dim:
@@ -650,6 +708,7 @@ __all__ = [
     "MoleculeAttentionConditioner",
     "RigidCoordinateLayer",
     "RigidLatentLayout",
+    "lattice_rigid_prior",
     "mlp_rigid_conditioner",
     "rigid_coupling_flow",
     "rigid_generator",
