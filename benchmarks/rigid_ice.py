@@ -114,7 +114,7 @@ PROFILES = {
         # average of the parameters (decay 0.999): held-out ESS 0.331 +- 0.021 with both, 0.302 +- 0.022
         # with the average alone, 0.288 +- 0.022 with neither (float32 conditioners in all three, which
         # halve the training time; flow seeds 1 and 2 of the default: see the README).
-        train_frames=10_000, eval_frames=5_000, target_frames=5_000, stride=100, train_stride=500,
+        train_frames=10_000, eval_frames=10_000, target_frames=5_000, stride=100, train_stride=500, eval_stride=500,
         equilibration=10_000,
         timestep_fs=2.0, md_chunk=2_500, ladder_temperatures=0, ladder_samples=5_000,
         n_blocks=4, conditioner="attention", hidden=[128, 128], attention_dim=64, attention_heads=4,
@@ -336,6 +336,8 @@ def parse_args(argv):
     system.add_argument("--train-stride", type=int,
                         help="MD steps between training frames (default 500; --smoke: --stride); a longer one gives "
                              "the flow more independent training data for more MD"),
+    system.add_argument("--eval-stride", type=int,
+                        help="MD steps between held-out evaluation frames (default 500; --smoke: --stride)")
     system.add_argument("--equilibration", type=int, help="MD steps discarded at the start of each run")
     system.add_argument("--timestep-fs", type=float)
     system.add_argument("--md-chunk", type=int, help="frames per independent MD run")
@@ -372,6 +374,9 @@ def parse_args(argv):
     flow.add_argument("--ema-decay", type=float,
                       help="evaluate the exponential moving average of the parameters with this decay (0: the last "
                            "parameters); the last parameters are evaluated too, for comparison")
+    flow.add_argument("--ess-weight", type=float, default=0.0,
+                      help="weight of the batch -log ESS tail penalty in the loss (train_temperature_change; 0: the "
+                           "mean work alone, as in the paper)")
     flow.add_argument("--energy-backend", default="auto", choices=["auto", "torch", "openmm"],
                       help="auto: TorchEnergy for Ewald and reaction_field, OpenMM for PME")
     flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
@@ -389,6 +394,8 @@ def parse_args(argv):
         args.flow_seed = args.seed
     if args.train_stride is None:
         args.train_stride = args.stride
+    if args.eval_stride is None:
+        args.eval_stride = args.stride
     if args.work_dir is None:
         args.work_dir = REPO / "out" / ("rigid_ice_smoke" if args.smoke else "rigid_ice")
     if args.json is None:
@@ -429,7 +436,8 @@ def main(argv=None) -> int:
     temperatures = temperature_ladder(n_ladder, t_base, t_target)
     states = [dict(name="base_train", temperature=t_base, n_samples=args.train_frames, keep_positions=True,
                    stride=args.train_stride),
-              dict(name="base_eval", temperature=t_base, n_samples=args.eval_frames, keep_positions=True)]
+              dict(name="base_eval", temperature=t_base, n_samples=args.eval_frames, keep_positions=True,
+                   stride=args.eval_stride)]
     if args.target_frames:
         states.append(dict(name="target", temperature=t_target, n_samples=args.target_frames, keep_positions=True))
     states += [dict(name=f"ladder_{k:02d}_{t:.3f}K", temperature=float(t), n_samples=args.ladder_samples,
@@ -541,6 +549,8 @@ def main(argv=None) -> int:
         flow_params["ema_decay"] = args.ema_decay
     if args.conditioner_dtype != args.dtype:
         flow_params["conditioner_dtype"] = args.conditioner_dtype
+    if args.ess_weight:
+        flow_params["ess_weight"] = args.ess_weight
     # one file per setting, so that variants trained on the same MD frames live side by side
     flow_path = work_dir / f"flow_{zlib.crc32(json.dumps(_canonical(flow_params), sort_keys=True).encode()):08x}.pt"
     if args.init_flow is not None:
@@ -564,7 +574,7 @@ def main(argv=None) -> int:
             learning_rate=args.learning_rate, seed=args.flow_seed, warmup_steps=args.warmup_steps,
             final_lr_fraction=args.final_lr_fraction, log_every=max(1, args.steps // 20), quiet=args.smoke,
             validation=validation, validate_every=args.validate_every, validation_batch_size=args.eval_batch,
-            augment=augment, ema_decay=args.ema_decay or None,
+            augment=augment, ema_decay=args.ema_decay or None, ess_weight=args.ess_weight,
         )
         history, walls["training_s"], trained_here = result.records, result.wall_s, True
         last_state = result.last_state

@@ -186,6 +186,33 @@ def test_validation_keeps_the_parameters_of_the_best_check():
                                  learning_rate=0.01, seed=0, quiet=True, validation=(x_val[:, :2], validation[1]))
 
 
+def test_ess_penalty_is_minus_log_batch_ess_and_vanishes_at_the_exact_map():
+    x = samples(T_BASE, 64, seed=12)
+    u_b = harmonic(T_BASE)(x)
+    flow = ScaleFlow(D, log_scale=0.3 * OPTIMAL_LOG_SCALE)
+    plain, diag = base_to_target_loss(flow, x, u_b, harmonic(T_TARGET))
+    penalised, _ = base_to_target_loss(flow, x, u_b, harmonic(T_TARGET), ess_weight=0.7)
+    penalty = float((penalised - plain).detach())
+    assert penalty == pytest.approx(-0.7 * math.log(ess(-diag.works)), rel=1e-10) and penalty > 0.01
+    # at the exact map every work equals dF: the penalty and its gradient vanish
+    gradients = []
+    for weight in (0.0, 0.7):
+        exact = ScaleFlow(D, log_scale=OPTIMAL_LOG_SCALE)
+        loss, _ = base_to_target_loss(exact, x, u_b, harmonic(T_TARGET), ess_weight=weight)
+        loss.backward()
+        assert float(loss.detach()) == pytest.approx(EXACT_DF, abs=1e-9)
+        gradients.append(exact.log_scale.grad)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=0, atol=1e-9)
+    trained = ScaleFlow(D)
+    train_temperature_change(trained, samples(T_BASE, 4096, seed=7), harmonic(T_BASE)(samples(T_BASE, 4096, seed=7)),
+                             harmonic(T_TARGET), n_steps=300, batch_size=256, learning_rate=0.05, seed=0, quiet=True,
+                             ess_weight=0.5)
+    assert torch.allclose(trained.log_scale.detach(), torch.full((D,), OPTIMAL_LOG_SCALE, dtype=torch.float64), atol=0.03)
+    with pytest.raises(ValueError, match="ess_weight"):
+        train_temperature_change(trained, x, u_b, harmonic(T_TARGET), n_steps=1, batch_size=8, learning_rate=0.01,
+                                 seed=0, quiet=True, ess_weight=-1.0)
+
+
 def test_augmentation_is_applied_to_every_minibatch():
     """An ensemble-preserving augmentation (x -> -x per sample, a symmetry of the harmonic p_B) still
     trains to the optimal map; one that is the identity leaves training unchanged."""

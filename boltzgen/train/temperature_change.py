@@ -84,8 +84,10 @@ def base_to_target_loss(
     target: ReducedEnergy,
     cut: LinLogCut = LinLogCut(),
     context: Optional[torch.Tensor] = None,
+    ess_weight: float = 0.0,
 ) -> tuple[torch.Tensor, TemperatureChangeDiagnostics]:
-    """Mean forward work ``mean_b [cut(u_T(f(x_b))) - u_B(x_b) - log|det J_f(x_b)|]`` (differentiable).
+    """Mean forward work ``mean_b [cut(u_T(f(x_b))) - u_B(x_b) - log|det J_f(x_b)|]`` (differentiable),
+    optionally plus ``ess_weight`` times the batch's ``-log ESS``.
 
     Args:
         flow: the map ``f`` (``forward(x) -> (y, logdet [B])``), in whatever representation it
@@ -97,6 +99,13 @@ def base_to_target_loss(
             at the target temperature.
         cut: lin-log regulariser of ``u_T`` (`boltzgen.train.losses.LinLogCut`).
         context: optional flow context ``[B, C]``.
+        ess_weight: weight ``lambda >= 0`` of the tail penalty
+            ``-log ESS_batch = log(B sum w^2 / (sum w)^2)`` of the batch's weights ``w = exp(-W_F)``
+            (cut works). The mean work ``E[W_F] = KL + dF`` is mode-seeking and hardly sees the rare
+            base samples that carry the largest weights; the gradient of this term moves exactly
+            those (it raises the works with more than their share of ``w^2``, lowers the others).
+            Its population version, ``log E[w^2] - 2 log E[w]``, is minimal (0) exactly when ``f``
+            pushes p_B onto p_T, like the mean work.
 
     Returns:
         ``(loss, diagnostics)``: the scalar loss (an upper bound on dF = F_T - F_B in kT, up to the
@@ -127,7 +136,12 @@ def base_to_target_loss(
         if not bool(usable.any()):
             return terms.new_tensor(math.inf), diagnostics
         terms = terms[usable]
-    return terms.mean(), diagnostics
+    loss = terms.mean()
+    if ess_weight:
+        log_w = -terms
+        inverse_ess = torch.logsumexp(2.0 * log_w, 0) - 2.0 * torch.logsumexp(log_w, 0) + math.log(terms.numel())
+        loss = loss + ess_weight * inverse_ess
+    return loss, diagnostics
 
 
 @torch.no_grad()
@@ -249,6 +263,7 @@ def train_temperature_change(
     validation_batch_size: int = 256,
     augment: Optional[Augmentation] = None,
     ema_decay: Optional[float] = None,
+    ess_weight: float = 0.0,
 ) -> TemperatureChangeHistory:
     """Minimise :func:`base_to_target_loss` over minibatches of fixed base samples.
 
@@ -287,6 +302,8 @@ def train_temperature_change(
             (the ramp keeps early averages from holding the initial parameters). With it, the
             validation checks and the returned flow use the averaged parameters, and
             ``history.last_state`` keeps the optimizer's own last parameters.
+        ess_weight: weight of the batch ``-log ESS`` tail penalty of :func:`base_to_target_loss`
+            (0: the mean work alone, the loss of the paper).
 
     Returns:
         `TemperatureChangeHistory`; the flow is left in eval mode.
@@ -302,6 +319,8 @@ def train_temperature_change(
         raise ValueError(f"log_every must be >= 1, got {log_every!r}")
     if validate_every < 1:
         raise ValueError(f"validate_every must be >= 1, got {validate_every!r}")
+    if not ess_weight >= 0.0:
+        raise ValueError(f"ess_weight must be >= 0, got {ess_weight!r}")
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay!r}")
     if validation is not None:
@@ -353,7 +372,7 @@ def train_temperature_change(
                 group["lr"] = lr
             idx = torch.randint(0, base_samples.shape[0], (batch_size,), generator=batches).to(device)
             x_batch = base_samples[idx] if augment is None else augment(base_samples[idx], batches)
-            loss, diag = base_to_target_loss(flow, x_batch, base_energies[idx], target, cut)
+            loss, diag = base_to_target_loss(flow, x_batch, base_energies[idx], target, cut, ess_weight=ess_weight)
             history.n_energy_evaluations += batch_size
             optimizer.zero_grad(set_to_none=True)
             record: dict = {"step": step + 1, "lr": lr}
