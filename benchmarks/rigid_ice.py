@@ -417,7 +417,12 @@ def main(argv=None) -> int:
     from boltzgen.rigid import RigidBodySystem
     from boltzgen.sampling.weights import ess
     from boltzgen.systems.rigid import ice_xi_tip4pew_16
-    from boltzgen.train.temperature_change import forward_works, reverse_works, train_temperature_change
+    from boltzgen.train.temperature_change import (
+        forward_works,
+        reverse_works,
+        symmetrized_forward_works,
+        train_temperature_change,
+    )
     from boltzgen.units import kt_kj_per_mol
 
     torch.set_num_threads(max(1, args.torch_threads))
@@ -614,6 +619,12 @@ def main(argv=None) -> int:
             n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
         flow.load_state_dict(averaged)
     df_lfep = lfep(log_w, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+    # the flow's density averaged over the crystal's space group (exactly invariant, as the target
+    # is): the same frames, |G| more inverse passes and base energies per frame
+    group = augment if augment is not None else symmetry_augmentation(system, energy, x_train, u_target_frames["base_train"])
+    log_w_group = -symmetrized_forward_works(flow, x_eval, energy, base_energy, group, batch_size=args.eval_batch)
+    group_ess, group_ess_err = ess_with_error(log_w_group, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+    df_group = lfep(log_w_group, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
     df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     df_bar = None
@@ -635,9 +646,11 @@ def main(argv=None) -> int:
         ("ESS on training frames (same count)", f"{train_ess:.4f} +- {train_ess_err:.4f}", "", "", ""),
         ("ESS, last parameters (not the average)", "-" if last_ess is None else f"{last_ess:.4f} +- {last_ess_err:.4f}",
          "", "", ""),
+        (f"ESS, flow averaged over {len(group)} operations", f"{group_ess:.4f} +- {group_ess_err:.4f}", "", "", ""),
         ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
         ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
         ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
+        ("dF LFEP, group-averaged flow (kT)", f"{df_group.value:.3f} +- {df_group.error:.3f}", "", "", ""),
         ("dF plain FEP (kT)", f"{df_fep.value:.3f} +- {df_fep.error:.3f}", "", "", ""),
         ("dF MBAR reference (kT)", f"{mbar_df:.3f} +- {reference['df_err_g_corrected_kT']:.3f}",
          f"{PUBLISHED['mbar_df_kT']:.3f} +- {PUBLISHED['mbar_df_err_kT']:.3f}", "", ""),
@@ -668,6 +681,8 @@ def main(argv=None) -> int:
         temperatures_K=[t_base, t_target], n_molecules=n,
         ess=flow_ess, ess_err=flow_ess_err, ess_train_frames=train_ess, ess_train_frames_err=train_ess_err,
         ess_last_parameters=last_ess, ess_last_parameters_err=last_ess_err, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
+        ess_group_averaged=group_ess, ess_group_averaged_err=group_ess_err, n_group_operations=len(group),
+        df_lfep_group_averaged_kT=df_group.value, df_lfep_group_averaged_err_kT=df_group.error,
         df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
         df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
         df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,

@@ -5,6 +5,8 @@
   autograd Jacobian, per sample, in float64 (and that samples do not influence each other).
 - :func:`perturb_parameters`: randomise a flow's parameters (coupling layers start as the identity
   map, so without this a check would only test the identity).
+- :func:`rigid_tangent_log_det`: log |det| of a map of the rigid latent manifold torus x (S^3)^K
+  (:func:`tangent_basis` of S^3, :func:`manifold_basis` of the whole layout).
 """
 
 from __future__ import annotations
@@ -161,3 +163,35 @@ class FixedParameterFlow(torch.nn.Module):
     def inverse(self, y, context=None):
         x, log_derivative = self.transformer.inverse(y, self.params)
         return x, log_derivative.sum(-1)
+
+
+def tangent_basis(p: torch.Tensor) -> torch.Tensor:
+    """Orthonormal bases ``[B, 4, 3]`` of the tangent spaces of S^3 at ``p`` ``[B, 4]``."""
+    filler = torch.randn(p.shape[0], 4, 3, dtype=p.dtype, generator=torch.Generator().manual_seed(5))
+    q_factor, _ = torch.linalg.qr(torch.cat([p[..., None], filler], dim=-1))
+    return q_factor[..., 1:]
+
+
+def manifold_basis(z: torch.Tensor, layout) -> torch.Tensor:
+    """``[B, D, 3(K-1) + 3K]`` for a `boltzgen.flows.rigid_flow.RigidLatentLayout`: identity on the
+    positions, tangent bases of each quaternion."""
+    batch, n_pos = z.shape[0], layout.n_position_dims
+    basis = z.new_zeros(batch, layout.dim, layout.n_degrees_of_freedom)
+    basis[:, :n_pos, :n_pos] = torch.eye(n_pos, dtype=z.dtype)
+    for k in range(layout.n_molecules):
+        rows = slice(n_pos + 4 * k, n_pos + 4 * k + 4)
+        cols = slice(n_pos + 3 * k, n_pos + 3 * k + 3)
+        basis[:, rows, cols] = tangent_basis(z[:, rows])
+    return basis
+
+
+def rigid_tangent_log_det(flow, z: torch.Tensor, layout) -> torch.Tensor:
+    """log |det| ``[B]`` of ``flow`` (``flow(z)[0]``) as a map of torus x (S^3)^K, from the autograd
+    Jacobian projected onto the tangent spaces at ``z`` and at its image."""
+    jacobian = per_sample_jacobian(lambda u: flow(u)[0], z.detach())  # [B, D, D]
+    with torch.no_grad():
+        y = flow(z)[0]
+    tangent = manifold_basis(y, layout).transpose(-1, -2) @ jacobian @ manifold_basis(z, layout)
+    sign, log_abs = torch.linalg.slogdet(tangent)
+    assert (sign != 0).all()
+    return log_abs

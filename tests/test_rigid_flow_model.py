@@ -36,7 +36,7 @@ from boltzgen.rigid import RigidBodySystem
 from boltzgen.sampling.weights import ess
 from boltzgen.systems.rigid import tetrahedron_log_partition_function
 from boltzgen.train.losses import reverse_kl_loss
-from flow_checks import assert_invertible, per_sample_jacobian, perturb_parameters
+from flow_checks import assert_invertible, perturb_parameters, rigid_tangent_log_det
 
 F64 = torch.float64
 SMALL = dict(hidden=(24,), attention_dim=16, attention_heads=2, attention_layers=1, n_bins=4)
@@ -93,36 +93,6 @@ def small_flow(k: int, conditioner: str = "mlp", positions: str = "spline", n_bl
     flow = rigid_coupling_flow(k, n_blocks, conditioner=conditioner, position_transformer=positions,
                                conditioner_dtype=conditioner_dtype, **SMALL)
     return perturb_parameters(flow.double(), scale=0.1, seed=3)
-
-
-def tangent_basis(p: torch.Tensor) -> torch.Tensor:
-    """Orthonormal bases ``[B, 4, 3]`` of the tangent spaces of S^3 at ``p`` ``[B, 4]``."""
-    filler = torch.randn(p.shape[0], 4, 3, dtype=p.dtype, generator=torch.Generator().manual_seed(5))
-    q_factor, _ = torch.linalg.qr(torch.cat([p[..., None], filler], dim=-1))
-    return q_factor[..., 1:]
-
-
-def manifold_basis(z: torch.Tensor, layout: RigidLatentLayout) -> torch.Tensor:
-    """``[B, D, 3(K-1) + 3K]``: identity on the positions, tangent bases of each quaternion."""
-    batch, n_pos = z.shape[0], layout.n_position_dims
-    basis = z.new_zeros(batch, layout.dim, layout.n_degrees_of_freedom)
-    basis[:, :n_pos, :n_pos] = torch.eye(n_pos, dtype=z.dtype)
-    for k in range(layout.n_molecules):
-        rows = slice(n_pos + 4 * k, n_pos + 4 * k + 4)
-        cols = slice(n_pos + 3 * k, n_pos + 3 * k + 3)
-        basis[:, rows, cols] = tangent_basis(z[:, rows])
-    return basis
-
-
-def tangent_log_det(flow, z: torch.Tensor, layout: RigidLatentLayout) -> torch.Tensor:
-    """log |det| ``[B]`` of the flow as a map of torus x (S^3)^K, from the autograd Jacobian."""
-    jacobian = per_sample_jacobian(lambda u: flow(u)[0], z.detach())  # [B, D, D]
-    with torch.no_grad():
-        y = flow(z)[0]
-    tangent = manifold_basis(y, layout).transpose(-1, -2) @ jacobian @ manifold_basis(z, layout)
-    sign, log_abs = torch.linalg.slogdet(tangent)
-    assert (sign != 0).all()
-    return log_abs
 
 
 def wrapped(a: torch.Tensor) -> torch.Tensor:
@@ -202,7 +172,7 @@ def test_coupling_flow_is_invertible_with_the_tangent_space_log_det(conditioner,
     # the autograd reference differentiates through float32 conditioners too (rounding ~1e-8 in
     # its off-diagonal blocks); the flow's own log-det is analytic in float64
     atol = 1e-9 if conditioner_dtype is None else 1e-7
-    torch.testing.assert_close(tangent_log_det(flow, z, layout), logdet, rtol=0, atol=atol)
+    torch.testing.assert_close(rigid_tangent_log_det(flow, z, layout), logdet, rtol=0, atol=atol)
 
 
 def test_coupling_flow_starts_near_the_identity():

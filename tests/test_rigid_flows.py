@@ -32,6 +32,7 @@ from flow_checks import (
     assert_logdet_matches_jacobian,
     per_sample_jacobian,
     perturb_parameters,
+    tangent_basis,
 )
 
 F64 = torch.float64
@@ -68,14 +69,6 @@ def stated_log_volume(p: torch.Tensor, q: torch.Tensor, d: int = 4) -> torch.Ten
     q2 = (q * q).sum(-1)
     c = (q * p).sum(-1)
     return torch.log(-(q2 - 1) * (q2 + 1) ** (d - 1) / ((q2 + 1) ** 2 - 4 * c**2) ** (d / 2))
-
-
-def tangent_basis(p: torch.Tensor) -> torch.Tensor:
-    """Orthonormal bases ``[B, 4, 3]`` of the tangent spaces of S^3 at ``p`` ``[B, 4]``."""
-    generator = torch.Generator().manual_seed(5)
-    filler = torch.randn(p.shape[0], 4, 3, dtype=p.dtype, generator=generator)
-    q_factor, _ = torch.linalg.qr(torch.cat([p[..., None], filler], dim=-1))
-    return q_factor[..., 1:]
 
 
 def tangent_log_det(function, p: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,11 @@ def test_smoke_run_writes_a_complete_summary_and_reuses_its_flow(tmp_path, capsy
         first = capsys.readouterr().out
         summary = json.loads((tmp_path / "rigid_ice.json").read_text())
         assert "augmentation: 8 space-group operations" in first and "training:" in first
-        for key in ("ess", "ess_last_parameters", "ess_train_frames", "df_lfep_kT", "df_bar_kT", "df_mbar_kT"):
+        for key in ("ess", "ess_last_parameters", "ess_train_frames", "ess_group_averaged", "df_lfep_kT",
+                    "df_lfep_group_averaged_kT", "df_bar_kT", "df_mbar_kT"):
             assert math.isfinite(summary[key]), key
         assert 0.0 < summary["ess"] <= 1.0 and 0.0 < summary["ess_last_parameters"] <= 1.0
+        assert 0.0 < summary["ess_group_averaged"] <= 1.0 and summary["n_group_operations"] == 8
         assert summary["settings"]["augment"] == "symmetry" and summary["settings"]["ema_decay"] == 0.9
         flows = list(tmp_path.glob("flow_*.pt"))
         assert len(flows) == 1

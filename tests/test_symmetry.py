@@ -11,6 +11,8 @@ import torch
 
 from boltzgen import systems
 from boltzgen.energy import OpenMMEnergy, TorchEnergy
+from boltzgen.flows import InverseFlow, SequentialFlow
+from boltzgen.flows.rigid_flow import RigidCoordinateLayer, rigid_coupling_flow
 from boltzgen.rigid import RigidBodySystem
 from boltzgen.symmetry import (
     SymmetryAugmentation,
@@ -20,6 +22,8 @@ from boltzgen.symmetry import (
     preserves_topology,
     system_symmetry_operations,
 )
+from boltzgen.train.temperature_change import reverse_works, symmetrized_reverse_works
+from flow_checks import perturb_parameters, rigid_tangent_log_det
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -179,3 +183,36 @@ def test_random_augmentation_is_seeded_and_uses_every_operation():
     match = (a[:, None, :] - singles[None]).abs().amax(-1) < 1e-12
     assert bool(match.any(1).all()) and bool(match.any(0).all())
     assert augmentation(x.float(), torch.Generator().manual_seed(5)).dtype == torch.float32
+
+
+def test_operations_preserve_volume_in_the_rigid_flow_coordinates_and_symmetrize_a_flow():
+    """Each operation, as a map of the rigid flow's latent manifold (box fractions of molecules
+    1..K-1 relative to molecule 0 x (S^3)^K), has |det| = 1: the group average of a rigid flow's
+    density is then a normalised density, and its works are invariant under the group."""
+    system = ice()
+    rigid = RigidBodySystem.from_molecular_system(system)
+    layer = RigidCoordinateLayer(rigid)
+    augmentation = SymmetryAugmentation(system_symmetry_operations(system))
+    x = perturbed_ice(2, seed=2)
+    z = layer.inverse(x)[0]
+    for k in range(len(augmentation)):
+        def mapped(u, k=k):
+            return layer.inverse(augmentation.apply(layer(u)[0], k))
+
+        log_det = rigid_tangent_log_det(mapped, z, layer.layout)
+        assert float(log_det.abs().max()) < 1e-9, (k, log_det)
+    # a random (non-symmetric) flow f = L o g o L^-1; its group-averaged works are invariant
+    latent = rigid_coupling_flow(rigid.n_molecules, 1, hidden=(16,), conditioner="mlp", n_bins=4)
+    flow = SequentialFlow([InverseFlow(layer), perturb_parameters(latent.double(), scale=0.05, seed=1), layer])
+    energy = TorchEnergy.from_openmm(system.openmm_system, system.temperature, dtype=F64)
+
+    def base(u):
+        return 0.4 * energy(u)
+
+    works = symmetrized_reverse_works(flow, x, energy(x), base, augmentation)
+    for k in range(1, len(augmentation)):
+        image = augmentation.apply(x, k)
+        torch.testing.assert_close(symmetrized_reverse_works(flow, image, energy(image), base, augmentation),
+                                   works, rtol=0, atol=1e-7)
+    plain = reverse_works(flow, x, energy(x), base)
+    assert float((works - plain).abs().min()) > 1e-3  # the flow is not invariant: averaging matters

@@ -28,6 +28,8 @@ from boltzgen.train.temperature_change import (
     base_to_target_loss,
     forward_works,
     reverse_works,
+    symmetrized_forward_works,
+    symmetrized_reverse_works,
     train_temperature_change,
 )
 from boltzgen.units import kt_kj_per_mol
@@ -125,6 +127,102 @@ def test_loss_is_the_mean_work_and_an_upper_bound_on_df():
     loss, diag = base_to_target_loss(ScaleFlow(D), x, u_b, broken)
     assert torch.isfinite(loss) and diag.n_cut == 500
     assert diag.ess < 0.95 and torch.isinf(diag.works).sum() == 500
+
+
+# ---------------------------------------------------------------------------------------------
+# (1b) group-averaged flow: a symmetric two-mode target, a flow that finds one mode
+# ---------------------------------------------------------------------------------------------
+
+
+class ShiftScaleFlow(Flow):
+    """``y = exp(s) x + b`` with fixed ``s`` and ``b`` ``[D]``."""
+
+    def __init__(self, log_scale, shift):
+        super().__init__()
+        self.register_buffer("log_scale", torch.as_tensor(log_scale, dtype=torch.float64))
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float64))
+
+    def _forward(self, x, context=None):
+        return x * torch.exp(self.log_scale) + self.shift, self.log_scale.sum().expand(x.shape[0])
+
+    def _inverse(self, y, context=None):
+        return (y - self.shift) * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(y.shape[0])
+
+
+class PointReflection:
+    """The group {y, -y} on R^D."""
+
+    def __len__(self):
+        return 2
+
+    def apply(self, y, operation):
+        return y if operation == 0 else -y
+
+
+class Identity:
+    def __len__(self):
+        return 1
+
+    def apply(self, y, operation):
+        return y
+
+
+def two_mode_energy(mode: torch.Tensor, sigma: float):
+    """``u(y) = -log(exp(-|y - m|^2 / 2s^2) + exp(-|y + m|^2 / 2s^2))`` ``[B, D] -> [B]``;
+    ``Z = 2 (2 pi s^2)^(D/2)``, invariant under ``y -> -y``."""
+    def energy(y):
+        modes = torch.stack([((y - mode) ** 2).sum(-1), ((y + mode) ** 2).sum(-1)])
+        return -torch.logsumexp(-modes / (2 * sigma**2), 0)
+    return energy
+
+
+def test_group_averaged_flow_gives_exact_df_where_the_plain_flow_misses_a_mode():
+    sigma = 0.4
+    mode = torch.full((D,), 1.5, dtype=torch.float64)
+    u_target = two_mode_energy(mode, sigma)
+    u_base = harmonic(1.0)
+    exact_df = -math.log(2.0) - D * math.log(sigma)  # -log(Z_T / Z_B), Z_B = (2 pi)^(D/2)
+    flow = ShiftScaleFlow(torch.full((D,), math.log(sigma)), mode)  # onto the +m mode exactly
+    x = samples(1.0, 4000, seed=11)
+    y = samples(1.0, 3000, seed=12)
+    y = torch.where(torch.rand(3000, 1, generator=torch.Generator().manual_seed(13)) < 0.5, -1.0, 1.0) * (
+        sigma * y + mode)  # exact target samples
+    # the plain flow weights one mode: ESS ~1, but dF is off by log 2
+    plain = forward_works(flow, x, u_base(x), u_target)
+    assert lfep(-plain)[0] == pytest.approx(exact_df + math.log(2.0), abs=1e-3)
+    # the average over {y, -y} is the target itself: constant works, exact LFEP and BAR, ESS 1
+    w_f = symmetrized_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=1000)
+    w_r = symmetrized_reverse_works(flow, y, u_target(y), u_base, PointReflection(), batch_size=1000)
+    assert w_f.dtype == torch.float64 and w_f.shape == (4000,) and w_r.shape == (3000,)
+    assert torch.allclose(w_f, torch.full_like(w_f, exact_df), atol=1e-10)
+    assert torch.allclose(w_r, torch.full_like(w_r, -exact_df), atol=1e-10)
+    assert ess(-w_f) == pytest.approx(1.0, abs=1e-12)
+    assert bar(w_f, w_r)[0] == pytest.approx(exact_df, abs=1e-8)
+    # the identity alone is the plain flow
+    alone = symmetrized_forward_works(flow, x, u_target, u_base, Identity())
+    assert torch.allclose(alone, plain, atol=1e-10)
+
+
+def test_group_averaged_weights_are_unbiased_for_any_flow_by_quadrature():
+    """1D, an asymmetric flow: E_B[exp(-W_G(f(x)))] = Z_T / Z_B by quadrature, and W_G(-y) = W_G(y)."""
+    u_target = two_mode_energy(torch.tensor([0.8], dtype=torch.float64), 0.6)
+    u_base = harmonic(1.0)
+    flow = ShiftScaleFlow(torch.tensor([-0.3], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
+    x = torch.linspace(-12, 12, 48001, dtype=torch.float64).unsqueeze(-1)
+    dx = float(x[1] - x[0])
+    p_base = torch.exp(-u_base(x)) / math.sqrt(2 * math.pi)
+    z_ratio = float(torch.exp(-u_target(x)).sum() * dx) / math.sqrt(2 * math.pi)
+    w_g = symmetrized_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=10000)
+    assert float((p_base * torch.exp(-w_g)).sum() * dx) == pytest.approx(z_ratio, rel=1e-9)
+    w_plain = forward_works(flow, x, u_base(x), u_target)
+    assert float((p_base * torch.exp(-w_plain)).sum() * dx) == pytest.approx(z_ratio, rel=1e-9)
+    # invariance: the works of y and -y agree (reverse works of the same points, negated)
+    y = flow(x[::100])[0]
+    assert torch.allclose(symmetrized_reverse_works(flow, y, u_target(y), u_base, PointReflection()),
+                          symmetrized_reverse_works(flow, -y, u_target(-y), u_base, PointReflection()),
+                          atol=1e-10)
+    # the group average has the lower KL (mean work) here: it puts mass on the mode f misses
+    assert float((p_base.squeeze() * w_g).sum() * dx) < float((p_base.squeeze() * w_plain).sum() * dx)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 
@@ -178,6 +178,97 @@ def reverse_works(
     representation. +inf where an evaluation failed.
     """
     return _works(flow.inverse, y_target, u_target, base, batch_size, context, "u_target")
+
+
+class SymmetryGroup(Protocol):
+    """A finite group of volume-preserving maps of the flow's output space: ``len(group)`` elements,
+    ``group.apply(y [B, D], k) -> [B, D]`` applies element ``k`` (`boltzgen.symmetry.SymmetryAugmentation`
+    qualifies)."""
+
+    def __len__(self) -> int: ...
+
+    def apply(self, y: torch.Tensor, operation: int) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def symmetrized_forward_works(
+    flow: Flow,
+    x_base: torch.Tensor,
+    target: ReducedEnergy,
+    base: ReducedEnergy,
+    group: SymmetryGroup,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Forward works ``[N]`` float64 (kT) of the group-averaged flow, for base samples ``x_base [N, D_in]``.
+
+    The flow's pushforward ``q = f#p_B`` is replaced by its average over a symmetry group G of
+    the target, ``q_G(y) = (1/|G|) sum_g q(g y)``: a normalised density (every ``g`` preserves
+    volume) that is exactly G-invariant, as the target is, whatever symmetry ``f`` itself lacks.
+    Its work at ``y`` is
+
+        ``W_G(y) = u_T(y) + log q~_G(y) = logsumexp_g(-W_R(g y)) - log|G|``,
+
+    with ``W_R`` the reverse work (:func:`reverse_works`) and ``q~`` the pushforward of
+    ``exp(-u_B)``; for the identity alone it is the plain forward work ``W_F(x)`` at ``y = f(x)``.
+    ``W_G`` is G-invariant, so ``y = f(x)`` (one component of the mixture) gives the law of the
+    weights under ``q_G`` itself: ``E_B[exp(-W_G(f(x)))] = Z_T / Z_B`` and the LFEP / BAR / ESS
+    estimators apply unchanged. A flow that is right up to a symmetry (one mode of a symmetric
+    pair, a crystal in one of its equivalent settings) gives constant works.
+
+    Requirements: ``u_T(g y) = u_T(y)`` and ``|det g| = 1`` for every element (the base energy
+    need not be invariant), the identity among them, closure under composition. Costs ``|G|``
+    inverse passes and base-energy evaluations per sample, besides the forward pass.
+
+    Args:
+        flow: the map ``f`` (with an inverse), base representation -> target representation.
+        x_base: base samples ``[N, D_in]``.
+        target: reduced target energy ``u_T`` on the output (kT_T).
+        base: reduced base energy ``u_B`` on the input (kT_B).
+        group: the symmetry group (`SymmetryGroup`).
+        batch_size: samples per pass.
+    """
+    works = []
+    for start in range(0, x_base.shape[0], batch_size):
+        y, _ = flow.forward(x_base[start:start + batch_size])
+        works.append(_group_averaged_work(flow, y, _reduced_energy(target, y), base, group))
+    return torch.cat(works) if works else torch.zeros(0, dtype=torch.float64)
+
+
+@torch.no_grad()
+def symmetrized_reverse_works(
+    flow: Flow,
+    y_target: torch.Tensor,
+    u_target: torch.Tensor,
+    base: ReducedEnergy,
+    group: SymmetryGroup,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Reverse works ``-W_G(y)`` ``[N]`` float64 (kT) of the group-averaged flow (see
+    :func:`symmetrized_forward_works`) for target samples ``y_target [N, D_out]`` with reduced
+    target energies ``u_target [N]``; with :func:`symmetrized_forward_works` they feed BAR."""
+    u_target = torch.as_tensor(u_target).reshape(-1)
+    if u_target.shape[0] != y_target.shape[0]:
+        raise ValueError(f"u_target has {u_target.shape[0]} entries for {y_target.shape[0]} samples")
+    works = []
+    for start in range(0, y_target.shape[0], batch_size):
+        stop = start + batch_size
+        works.append(-_group_averaged_work(flow, y_target[start:stop], u_target[start:stop], base, group))
+    return torch.cat(works) if works else torch.zeros(0, dtype=torch.float64)
+
+
+def _group_averaged_work(flow: Flow, y: torch.Tensor, u_target: torch.Tensor, base: ReducedEnergy,
+                         group: SymmetryGroup) -> torch.Tensor:
+    """``W_G(y) = logsumexp_g(-W_R(g y)) - log|G|`` ``[B]`` float64 (+inf where every term failed)."""
+    if len(group) < 1:
+        raise ValueError("the symmetry group needs at least the identity")
+    u_target = u_target.to(y.device).double()
+    terms = []
+    for k in range(len(group)):
+        x, logdet = flow.inverse(group.apply(y, k))
+        w_r = _reduced_energy(base, x).double() - u_target - logdet.double()
+        terms.append(torch.where(torch.isfinite(w_r), -w_r, torch.full_like(w_r, -math.inf)))
+    work = torch.logsumexp(torch.stack(terms), 0) - math.log(len(group))
+    return torch.where(torch.isfinite(work), work, torch.full_like(work, math.inf)).cpu()
 
 
 def _works(transport, x: torch.Tensor, u_start, end_energy, batch_size: int,
