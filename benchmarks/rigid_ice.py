@@ -270,6 +270,11 @@ def build_flow(rigid, args, device, dtype):
     return flow.to(device=device, dtype=dtype), coordinates
 
 
+def flow_file(work_dir: Path, flow_params: dict) -> Path:
+    """``<work_dir>/flow_<crc32 of the canonical settings>.pt``: one file per training setting."""
+    return work_dir / f"flow_{zlib.crc32(json.dumps(_canonical(flow_params), sort_keys=True).encode()):08x}.pt"
+
+
 @torch.no_grad()
 def rigidify(coordinates, positions_nm: np.ndarray, batch: int = 4096) -> tuple[torch.Tensor, float]:
     """Frames ``[n, P, 3]`` nm -> exactly rigid ``x [n, 3P]`` float64 (through the rigid coordinates
@@ -382,6 +387,9 @@ def parse_args(argv):
     flow.add_argument("--energy-platform", default="auto", help="OpenMM platform of the energies (auto: fastest)")
     flow.add_argument("--energy-workers", type=int, default=None, help="OpenMM energy processes (default: cores)")
     flow.add_argument("--n-bootstrap", type=int, default=200)
+    flow.add_argument("--ensemble-flow-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                      help="also evaluate the mixture of this run's flow and the flows of these --flow-seed values "
+                           "(same settings, trained by earlier runs), averaged over the space group")
     flow.add_argument("--init-flow", type=Path, default=None,
                       help="warm start: train on from the flow stored in this flow .pt file (same architecture); "
                            "the result goes to <work-dir>/flow_from_<name>.pt")
@@ -420,7 +428,7 @@ def main(argv=None) -> int:
     from boltzgen.train.temperature_change import (
         forward_works,
         reverse_works,
-        symmetrized_forward_works,
+        mixture_forward_works,
         train_temperature_change,
     )
     from boltzgen.units import kt_kj_per_mol
@@ -557,7 +565,21 @@ def main(argv=None) -> int:
     if args.ess_weight:
         flow_params["ess_weight"] = args.ess_weight
     # one file per setting, so that variants trained on the same MD frames live side by side
-    flow_path = work_dir / f"flow_{zlib.crc32(json.dumps(_canonical(flow_params), sort_keys=True).encode()):08x}.pt"
+    flow_path = flow_file(work_dir, flow_params)
+    ensemble_members = []
+    for seed in args.ensemble_flow_seeds or []:
+        if args.init_flow is not None:
+            raise SystemExit("--ensemble-flow-seeds and --init-flow do not combine")
+        member_params = dict(flow_params, seed=seed)
+        member_path = flow_file(work_dir, member_params)
+        stored = torch.load(member_path, map_location=device, weights_only=False) if member_path.exists() else None
+        if seed == args.flow_seed or stored is None or stored["params"] != _canonical(member_params):
+            raise SystemExit(f"--ensemble-flow-seeds: no flow trained with --flow-seed {seed} and these settings "
+                             f"in {work_dir} (run the benchmark with --flow-seed {seed} first; the seeds must differ "
+                             f"from --flow-seed {args.flow_seed})")
+        member, _ = build_flow(rigid, args, device, dtype)
+        member.load_state_dict(stored["state_dict"])
+        ensemble_members.append((seed, member.eval(), float(stored["wall_s"])))
     if args.init_flow is not None:
         initial = torch.load(args.init_flow, map_location=device, weights_only=False)
         flow.load_state_dict(initial["state_dict"])
@@ -622,9 +644,19 @@ def main(argv=None) -> int:
     # the flow's density averaged over the crystal's space group (exactly invariant, as the target
     # is): the same frames, |G| more inverse passes and base energies per frame
     group = augment if augment is not None else symmetry_augmentation(system, energy, x_train, u_target_frames["base_train"])
-    log_w_group = -symmetrized_forward_works(flow, x_eval, energy, base_energy, group, batch_size=args.eval_batch)
+    log_w_group = -mixture_forward_works(flow, x_eval, energy, base_energy, group, batch_size=args.eval_batch)
     group_ess, group_ess_err = ess_with_error(log_w_group, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     df_group = lfep(log_w_group, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+    ensemble = None
+    if ensemble_members:  # a mixture of independently trained flows, each averaged over the group
+        flows = [flow] + [member for _, member, _ in ensemble_members]
+        log_w_mix = -mixture_forward_works(flows, x_eval, energy, base_energy, group, batch_size=args.eval_batch)
+        mix_ess, mix_ess_err = ess_with_error(log_w_mix, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+        df_mix = lfep(log_w_mix, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
+        ensemble = dict(flow_seeds=[args.flow_seed] + [seed for seed, _, _ in ensemble_members],
+                        n_components=len(flows) * len(group), ess=mix_ess, ess_err=mix_ess_err,
+                        df_lfep_kT=df_mix.value, df_lfep_err_kT=df_mix.error,
+                        training_s_all_members=walls["training_s"] + sum(w for _, _, w in ensemble_members))
     fep_works = (u_target_eval - u_base_eval).double()  # identity map: plain FEP
     df_fep = lfep(-fep_works, n_bootstrap=args.n_bootstrap, block_size=block, seed=args.seed)
     df_bar = None
@@ -648,6 +680,15 @@ def main(argv=None) -> int:
          "", "", ""),
         (f"ESS, flow averaged over {len(group)} operations", f"{group_ess:.4f} +- {group_ess_err:.4f}", "", "", ""),
         ("ESS of plain FEP (identity map)", f"{ess(-fep_works):.2e}", "", "", ""),
+    ]
+    if ensemble is not None:
+        rows += [
+            (f"ESS, {len(ensemble['flow_seeds'])} flows x {len(group)} operations",
+             f"{ensemble['ess']:.4f} +- {ensemble['ess_err']:.4f}", "", "", ""),
+            ("dF LFEP, that mixture (kT)", f"{ensemble['df_lfep_kT']:.3f} +- {ensemble['df_lfep_err_kT']:.3f}",
+             "", "", ""),
+        ]
+    rows += [
         ("dF LFEP (kT)", f"{df_lfep.value:.3f} +- {df_lfep.error:.3f}", "", "", ""),
         ("dF BAR (kT)", "-" if df_bar is None else f"{df_bar.value:.3f} +- {df_bar.error:.3f}", "", "", ""),
         ("dF LFEP, group-averaged flow (kT)", f"{df_group.value:.3f} +- {df_group.error:.3f}", "", "", ""),
@@ -682,7 +723,7 @@ def main(argv=None) -> int:
         ess=flow_ess, ess_err=flow_ess_err, ess_train_frames=train_ess, ess_train_frames_err=train_ess_err,
         ess_last_parameters=last_ess, ess_last_parameters_err=last_ess_err, ess_fep=ess(-fep_works), n_eval_frames=int(len(works_f)),
         ess_group_averaged=group_ess, ess_group_averaged_err=group_ess_err, n_group_operations=len(group),
-        df_lfep_group_averaged_kT=df_group.value, df_lfep_group_averaged_err_kT=df_group.error,
+        df_lfep_group_averaged_kT=df_group.value, df_lfep_group_averaged_err_kT=df_group.error, ensemble=ensemble,
         df_lfep_kT=df_lfep.value, df_lfep_err_kT=df_lfep.error,
         df_bar_kT=None if df_bar is None else df_bar.value, df_bar_err_kT=None if df_bar is None else df_bar.error,
         df_fep_kT=df_fep.value, df_fep_err_kT=df_fep.error,

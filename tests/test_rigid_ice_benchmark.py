@@ -49,5 +49,13 @@ def test_smoke_run_writes_a_complete_summary_and_reuses_its_flow(tmp_path, capsy
         # another flow seed trains a second flow on the same MD frames
         assert benchmark.main(["--smoke", "--work-dir", str(tmp_path), "--md-workers", "1", "--flow-seed", "1"]) == 0
         assert len(list(tmp_path.glob("flow_*.pt"))) == 2 and "partly cached" in capsys.readouterr().out
+        # the two flows as an ensemble (x 8 operations): no training, one more row
+        assert benchmark.main(["--smoke", "--work-dir", str(tmp_path), "--md-workers", "1", "--flow-seed", "1",
+                               "--ensemble-flow-seeds", "0"]) == 0
+        assert "ESS, 2 flows x 8 operations" in capsys.readouterr().out
+        mixture = json.loads((tmp_path / "rigid_ice.json").read_text())["ensemble"]
+        assert mixture["flow_seeds"] == [1, 0] and mixture["n_components"] == 16 and 0.0 < mixture["ess"] <= 1.0
+        with pytest.raises(SystemExit, match="--flow-seed 7 first"):
+            benchmark.main(["--smoke", "--work-dir", str(tmp_path), "--md-workers", "1", "--ensemble-flow-seeds", "7"])
     finally:
         torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from boltzgen.symmetry import (
     preserves_topology,
     system_symmetry_operations,
 )
-from boltzgen.train.temperature_change import reverse_works, symmetrized_reverse_works
+from boltzgen.train.temperature_change import mixture_reverse_works, reverse_works
 from flow_checks import perturb_parameters, rigid_tangent_log_det
 
 F64 = torch.float64
@@ -209,10 +209,10 @@ def test_operations_preserve_volume_in_the_rigid_flow_coordinates_and_symmetrize
     def base(u):
         return 0.4 * energy(u)
 
-    works = symmetrized_reverse_works(flow, x, energy(x), base, augmentation)
+    works = mixture_reverse_works(flow, x, energy(x), base, augmentation)
     for k in range(1, len(augmentation)):
         image = augmentation.apply(x, k)
-        torch.testing.assert_close(symmetrized_reverse_works(flow, image, energy(image), base, augmentation),
+        torch.testing.assert_close(mixture_reverse_works(flow, image, energy(image), base, augmentation),
                                    works, rtol=0, atol=1e-7)
     plain = reverse_works(flow, x, energy(x), base)
     assert float((works - plain).abs().min()) > 1e-3  # the flow is not invariant: averaging matters

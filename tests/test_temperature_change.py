@@ -28,8 +28,8 @@ from boltzgen.train.temperature_change import (
     base_to_target_loss,
     forward_works,
     reverse_works,
-    symmetrized_forward_works,
-    symmetrized_reverse_works,
+    mixture_forward_works,
+    mixture_reverse_works,
     train_temperature_change,
 )
 from boltzgen.units import kt_kj_per_mol
@@ -130,7 +130,7 @@ def test_loss_is_the_mean_work_and_an_upper_bound_on_df():
 
 
 # ---------------------------------------------------------------------------------------------
-# (1b) group-averaged flow: a symmetric two-mode target, a flow that finds one mode
+# (1b) mixtures of flows and group averages: a symmetric two-mode target
 # ---------------------------------------------------------------------------------------------
 
 
@@ -159,14 +159,6 @@ class PointReflection:
         return y if operation == 0 else -y
 
 
-class Identity:
-    def __len__(self):
-        return 1
-
-    def apply(self, y, operation):
-        return y
-
-
 def two_mode_energy(mode: torch.Tensor, sigma: float):
     """``u(y) = -log(exp(-|y - m|^2 / 2s^2) + exp(-|y + m|^2 / 2s^2))`` ``[B, D] -> [B]``;
     ``Z = 2 (2 pi s^2)^(D/2)``, invariant under ``y -> -y``."""
@@ -191,16 +183,39 @@ def test_group_averaged_flow_gives_exact_df_where_the_plain_flow_misses_a_mode()
     plain = forward_works(flow, x, u_base(x), u_target)
     assert lfep(-plain)[0] == pytest.approx(exact_df + math.log(2.0), abs=1e-3)
     # the average over {y, -y} is the target itself: constant works, exact LFEP and BAR, ESS 1
-    w_f = symmetrized_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=1000)
-    w_r = symmetrized_reverse_works(flow, y, u_target(y), u_base, PointReflection(), batch_size=1000)
+    w_f = mixture_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=1000)
+    w_r = mixture_reverse_works(flow, y, u_target(y), u_base, PointReflection(), batch_size=1000)
     assert w_f.dtype == torch.float64 and w_f.shape == (4000,) and w_r.shape == (3000,)
     assert torch.allclose(w_f, torch.full_like(w_f, exact_df), atol=1e-10)
     assert torch.allclose(w_r, torch.full_like(w_r, -exact_df), atol=1e-10)
     assert ess(-w_f) == pytest.approx(1.0, abs=1e-12)
     assert bar(w_f, w_r)[0] == pytest.approx(exact_df, abs=1e-8)
-    # the identity alone is the plain flow
-    alone = symmetrized_forward_works(flow, x, u_target, u_base, Identity())
+    # one flow without a group is the plain flow
+    alone = mixture_forward_works(flow, x, u_target, u_base)
     assert torch.allclose(alone, plain, atol=1e-10)
+
+
+def test_ensemble_of_two_flows_that_each_find_one_mode_is_exact():
+    sigma = 0.5
+    mode = torch.full((D,), 1.2, dtype=torch.float64)
+    u_target = two_mode_energy(mode, sigma)
+    exact_df = -math.log(2.0) - D * math.log(sigma)
+    log_scale = torch.full((D,), math.log(sigma))
+    flows = [ShiftScaleFlow(log_scale, mode), ShiftScaleFlow(log_scale, -mode)]
+    x = samples(1.0, 1001, seed=21)
+    w_f = mixture_forward_works(flows, x, u_target, harmonic(1.0), batch_size=300)
+    assert w_f.shape == (1001,)
+    assert torch.allclose(w_f, torch.full_like(w_f, exact_df), atol=1e-10)
+    # samples alternate between the flows: the even ones sit in the +m mode, the odd ones in -m
+    y_even = flows[0](x[0::2])[0]
+    assert float((y_even * mode).sum(-1).min()) > 0 and torch.allclose(
+        mixture_reverse_works(flows, y_even, u_target(y_even), harmonic(1.0)), torch.full((501,), -exact_df,
+                                                                                      dtype=torch.float64), atol=1e-10)
+    # ensemble and group together: M |G| = 4 components, still exact
+    both = mixture_forward_works(flows, x, u_target, harmonic(1.0), PointReflection())
+    assert torch.allclose(both, torch.full_like(both, exact_df), atol=1e-10)
+    with pytest.raises(ValueError):
+        mixture_forward_works([], x, u_target, harmonic(1.0))
 
 
 def test_group_averaged_weights_are_unbiased_for_any_flow_by_quadrature():
@@ -212,17 +227,29 @@ def test_group_averaged_weights_are_unbiased_for_any_flow_by_quadrature():
     dx = float(x[1] - x[0])
     p_base = torch.exp(-u_base(x)) / math.sqrt(2 * math.pi)
     z_ratio = float(torch.exp(-u_target(x)).sum() * dx) / math.sqrt(2 * math.pi)
-    w_g = symmetrized_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=10000)
+    w_g = mixture_forward_works(flow, x, u_target, u_base, PointReflection(), batch_size=10000)
     assert float((p_base * torch.exp(-w_g)).sum() * dx) == pytest.approx(z_ratio, rel=1e-9)
     w_plain = forward_works(flow, x, u_base(x), u_target)
     assert float((p_base * torch.exp(-w_plain)).sum() * dx) == pytest.approx(z_ratio, rel=1e-9)
     # invariance: the works of y and -y agree (reverse works of the same points, negated)
     y = flow(x[::100])[0]
-    assert torch.allclose(symmetrized_reverse_works(flow, y, u_target(y), u_base, PointReflection()),
-                          symmetrized_reverse_works(flow, -y, u_target(-y), u_base, PointReflection()),
+    assert torch.allclose(mixture_reverse_works(flow, y, u_target(y), u_base, PointReflection()),
+                          mixture_reverse_works(flow, -y, u_target(-y), u_base, PointReflection()),
                           atol=1e-10)
     # the group average has the lower KL (mean work) here: it puts mass on the mode f misses
     assert float((p_base.squeeze() * w_g).sum() * dx) < float((p_base.squeeze() * w_plain).sum() * dx)
+    # an ensemble of two different flows: sample i comes from flow i mod 2, so the expectation is
+    # the average over both pushforwards, one quadrature per flow
+    flows = [flow, ShiftScaleFlow(torch.tensor([0.2], dtype=torch.float64), torch.tensor([-0.7], dtype=torch.float64))]
+    expectation = 0.0
+    for m in range(2):
+        pushed = flows[m](x)[0]
+        w = -mixture_reverse_works(flows, pushed, u_target(pushed), u_base)
+        expectation += 0.5 * float((p_base.squeeze() * torch.exp(-w)).sum() * dx)
+    assert expectation == pytest.approx(z_ratio, rel=1e-9)
+    interleaved = mixture_forward_works(flows, x[:6], u_target, u_base)
+    assert torch.allclose(interleaved[1::2], -mixture_reverse_works(flows, flows[1](x[1:6:2])[0],
+                                                                    u_target(flows[1](x[1:6:2])[0]), u_base))
 
 
 # ---------------------------------------------------------------------------------------------

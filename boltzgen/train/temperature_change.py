@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -190,84 +190,107 @@ class SymmetryGroup(Protocol):
     def apply(self, y: torch.Tensor, operation: int) -> torch.Tensor: ...
 
 
+def _flow_list(flows: Union[Flow, Sequence[Flow]]) -> list[Flow]:
+    flows = [flows] if isinstance(flows, torch.nn.Module) else list(flows)
+    if not flows:
+        raise ValueError("need at least one flow")
+    return flows
+
+
 @torch.no_grad()
-def symmetrized_forward_works(
-    flow: Flow,
+def mixture_forward_works(
+    flows: Union[Flow, Sequence[Flow]],
     x_base: torch.Tensor,
     target: ReducedEnergy,
     base: ReducedEnergy,
-    group: SymmetryGroup,
+    group: Optional[SymmetryGroup] = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Forward works ``[N]`` float64 (kT) of the group-averaged flow, for base samples ``x_base [N, D_in]``.
+    """Forward works ``[N]`` float64 (kT) of a mixture of flows and of their images under a
+    symmetry group, for base samples ``x_base [N, D_in]``.
 
-    The flow's pushforward ``q = f#p_B`` is replaced by its average over a symmetry group G of
-    the target, ``q_G(y) = (1/|G|) sum_g q(g y)``: a normalised density (every ``g`` preserves
-    volume) that is exactly G-invariant, as the target is, whatever symmetry ``f`` itself lacks.
+    The model is the equal-weight mixture of the pushforwards ``q_m = f_m#p_B`` of M flows (an
+    ensemble, e.g. flows trained from different seeds), each averaged over a symmetry group G of
+    the target: ``q(y) = (1/(M|G|)) sum_m sum_g q_m(g y)``, a normalised density (every ``g``
+    preserves volume), exactly G-invariant as the target is, whatever symmetry the flows lack.
     Its work at ``y`` is
 
-        ``W_G(y) = u_T(y) + log q~_G(y) = logsumexp_g(-W_R(g y)) - log|G|``,
+        ``W(y) = u_T(y) + log q~(y) = logsumexp_{m,g}(-W_R^m(g y)) - log(M |G|)``,
 
-    with ``W_R`` the reverse work (:func:`reverse_works`) and ``q~`` the pushforward of
-    ``exp(-u_B)``; for the identity alone it is the plain forward work ``W_F(x)`` at ``y = f(x)``.
-    ``W_G`` is G-invariant, so ``y = f(x)`` (one component of the mixture) gives the law of the
-    weights under ``q_G`` itself: ``E_B[exp(-W_G(f(x)))] = Z_T / Z_B`` and the LFEP / BAR / ESS
-    estimators apply unchanged. A flow that is right up to a symmetry (one mode of a symmetric
-    pair, a crystal in one of its equivalent settings) gives constant works.
+    with ``W_R^m`` the reverse work of flow m (:func:`reverse_works`) and ``q~`` the mixture of the
+    pushforwards of ``exp(-u_B)``. Sample ``i`` is pushed by flow ``i mod M`` (a stratified draw
+    of the mixture); no group element needs applying, ``W`` being G-invariant. So
+    ``E[exp(-W)] = Z_T / Z_B`` and the LFEP / BAR / ESS estimators apply unchanged; for one flow
+    and no group, ``W`` is the plain forward work ``W_F(x)``. Flows that are each right on part of
+    the target (one of two symmetric modes, a crystal in one of its equivalent labellings) give
+    constant works together; flows with independent errors average them out.
 
-    Requirements: ``u_T(g y) = u_T(y)`` and ``|det g| = 1`` for every element (the base energy
-    need not be invariant), the identity among them, closure under composition. Costs ``|G|``
-    inverse passes and base-energy evaluations per sample, besides the forward pass.
+    Requirements: ``u_T(g y) = u_T(y)`` and ``|det g| = 1`` for every element, the identity among
+    them, closure under composition (the base energy need not be invariant). Cost per sample: one
+    forward pass and ``M |G|`` inverse passes and base-energy evaluations.
 
     Args:
-        flow: the map ``f`` (with an inverse), base representation -> target representation.
+        flows: one flow or a sequence of M flows, base representation -> target representation,
+            each with an inverse.
         x_base: base samples ``[N, D_in]``.
         target: reduced target energy ``u_T`` on the output (kT_T).
         base: reduced base energy ``u_B`` on the input (kT_B).
-        group: the symmetry group (`SymmetryGroup`).
+        group: the symmetry group (`SymmetryGroup`); None for the identity alone.
         batch_size: samples per pass.
     """
+    flows = _flow_list(flows)
+    owner = torch.arange(x_base.shape[0], device=x_base.device) % len(flows)
+    y = torch.empty_like(x_base)
+    for m, flow in enumerate(flows):
+        rows = (owner == m).nonzero().squeeze(-1)
+        for start in range(0, rows.numel(), batch_size):
+            chunk = rows[start:start + batch_size]
+            y[chunk] = flow.forward(x_base[chunk])[0].to(y.dtype)
     works = []
-    for start in range(0, x_base.shape[0], batch_size):
-        y, _ = flow.forward(x_base[start:start + batch_size])
-        works.append(_group_averaged_work(flow, y, _reduced_energy(target, y), base, group))
+    for start in range(0, y.shape[0], batch_size):
+        y_batch = y[start:start + batch_size]
+        works.append(_mixture_work(flows, y_batch, _reduced_energy(target, y_batch), base, group))
     return torch.cat(works) if works else torch.zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
-def symmetrized_reverse_works(
-    flow: Flow,
+def mixture_reverse_works(
+    flows: Union[Flow, Sequence[Flow]],
     y_target: torch.Tensor,
     u_target: torch.Tensor,
     base: ReducedEnergy,
-    group: SymmetryGroup,
+    group: Optional[SymmetryGroup] = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Reverse works ``-W_G(y)`` ``[N]`` float64 (kT) of the group-averaged flow (see
-    :func:`symmetrized_forward_works`) for target samples ``y_target [N, D_out]`` with reduced
-    target energies ``u_target [N]``; with :func:`symmetrized_forward_works` they feed BAR."""
+    """Reverse works ``-W(y)`` ``[N]`` float64 (kT) of the mixture model of
+    :func:`mixture_forward_works` for target samples ``y_target [N, D_out]`` with reduced target
+    energies ``u_target [N]``; with :func:`mixture_forward_works` they feed BAR."""
+    flows = _flow_list(flows)
     u_target = torch.as_tensor(u_target).reshape(-1)
     if u_target.shape[0] != y_target.shape[0]:
         raise ValueError(f"u_target has {u_target.shape[0]} entries for {y_target.shape[0]} samples")
     works = []
     for start in range(0, y_target.shape[0], batch_size):
         stop = start + batch_size
-        works.append(-_group_averaged_work(flow, y_target[start:stop], u_target[start:stop], base, group))
+        works.append(-_mixture_work(flows, y_target[start:stop], u_target[start:stop], base, group))
     return torch.cat(works) if works else torch.zeros(0, dtype=torch.float64)
 
 
-def _group_averaged_work(flow: Flow, y: torch.Tensor, u_target: torch.Tensor, base: ReducedEnergy,
-                         group: SymmetryGroup) -> torch.Tensor:
-    """``W_G(y) = logsumexp_g(-W_R(g y)) - log|G|`` ``[B]`` float64 (+inf where every term failed)."""
-    if len(group) < 1:
+def _mixture_work(flows: list[Flow], y: torch.Tensor, u_target: torch.Tensor, base: ReducedEnergy,
+                  group: Optional[SymmetryGroup]) -> torch.Tensor:
+    """``W(y) = logsumexp_{m,g}(-W_R^m(g y)) - log(M|G|)`` ``[B]`` float64 (+inf where every term failed)."""
+    n_elements = 1 if group is None else len(group)
+    if n_elements < 1:
         raise ValueError("the symmetry group needs at least the identity")
     u_target = u_target.to(y.device).double()
     terms = []
-    for k in range(len(group)):
-        x, logdet = flow.inverse(group.apply(y, k))
-        w_r = _reduced_energy(base, x).double() - u_target - logdet.double()
-        terms.append(torch.where(torch.isfinite(w_r), -w_r, torch.full_like(w_r, -math.inf)))
-    work = torch.logsumexp(torch.stack(terms), 0) - math.log(len(group))
+    for k in range(n_elements):
+        image = y if group is None else group.apply(y, k)
+        for flow in flows:
+            x, logdet = flow.inverse(image)
+            w_r = _reduced_energy(base, x).double() - u_target - logdet.double()
+            terms.append(torch.where(torch.isfinite(w_r), -w_r, torch.full_like(w_r, -math.inf)))
+    work = torch.logsumexp(torch.stack(terms), 0) - math.log(len(terms))
     return torch.where(torch.isfinite(work), work, torch.full_like(work, math.inf)).cpu()
 
 
