@@ -42,7 +42,13 @@ The temperature-change benchmark of the rigid-body-flow paper (Köhler, Inverniz
 3. **Estimates** on the held-out base frames: LFEP ``dF = F_100 - F_250 = -log mean exp(-W_F)``
    with a bootstrap error, the ESS of the weights ``exp(-W_F)``, ``dF / N``; with MD frames at
    100 K (``--target-frames``) also BAR from forward and reverse works
-   (`boltzgen.analysis.perturbation`). Plain FEP (``f`` = identity) is shown for comparison.
+   (`boltzgen.analysis.perturbation`). Plain FEP (``f`` = identity) is shown for comparison, and
+   the same estimates for the flow's density averaged over the space group (exactly invariant,
+   as the target is; `boltzgen.train.mixture_forward_works`, 8 inverse passes and base energies
+   per frame) and, with ``--ensemble-flow-seeds``, for the equal mixture of flows trained from
+   other seeds (each averaged over the group). The held-out frames come from independent runs
+   and are as decorrelated as the training frames (500 steps apart, g ~ 2): the ESS is decided by
+   a few frames with large weights, and correlated frames from few runs undersample them.
 4. **Reference**: MD on a geometric temperature ladder 250 K -> 100 K and MBAR
    (`boltzgen.analysis.temperature_ladder`), independent of the flow's data. The number of
    temperatures (``--ladder-temperatures``, 0 = automatic) makes the reduced-energy difference of
@@ -64,7 +70,7 @@ MD frames, the MBAR reference and the trained flow are written to ``--work-dir``
 settings reuses them (one flow file per training setting, so variants share the MD).
 ``--smoke`` runs the whole pipeline with tiny settings (under a minute on two CPU cores; the
 numbers mean nothing) into ``out/rigid_ice_smoke``. On 2 CPU cores the default run takes about
-65 min: MD 30 min on 2 workers (60,000 frames), training 33 min on one thread; a GPU
+80 min: MD 43 min on 2 workers (65,000 frames), training 33 min on one thread; a GPU
 (``--device cuda``) takes the training and more MD workers the MD.
 
     python benchmarks/rigid_ice.py [--smoke] [--device cuda] [--md-workers 16] [--steps 10000] ...
@@ -101,19 +107,13 @@ TARGETS = {"ess": 0.30, "df_per_molecule_abs_error_kT": 0.01}
 #: Sizes of a real run and of ``--smoke``; explicit options override them.
 PROFILES = {
     "full": dict(
-        # stride 100 steps (0.2 ps) for the evaluation, target and ladder frames: they are correlated
-        # (statistical inefficiency g ~ 8 of the energies at 250 K), which the block bootstrap and
-        # the sqrt(g)-corrected MBAR error account for. The training frames are 500 steps apart
-        # (g ~ 1.8): 4x more independent data for 5x the MD raised the held-out ESS from
-        # 0.257 +- 0.022 (stride 100) to 0.292 +- 0.019. Training that flow on (--init-flow) lowered the
-        # held-out ESS: 6k steps x 64 at lr 3e-4 to 0.085 +- 0.043 (training loss -666.2 kT, held-out mean
-        # work -664.9 vs -665.3 before: overfitting 1.2M parameters on ~5k independent frames); 3k x 32
-        # at 2e-4 keeping the best of 13 checks on 1000 validation frames to 0.230 +- 0.036 (validation
-        # ESS 0.31 vs 0.30 at the start: the selection followed noise). What did help, on the same MD
-        # frames and flow seed: symmetry augmentation (8 images of each frame) and evaluating the moving
-        # average of the parameters (decay 0.999): held-out ESS 0.331 +- 0.021 with both, 0.302 +- 0.022
-        # with the average alone, 0.288 +- 0.022 with neither (float32 conditioners in all three, which
-        # halve the training time; flow seeds 1 and 2 of the default: see the README).
+        # Training frames 500 steps (1 ps) apart (g ~ 1.8; 4x more independent data for 5x the MD of
+        # stride 100 raised the ESS). Held-out frames alike: 10,000 from 4 independent runs. The
+        # earlier held-out set (5,000 frames, 2 runs, stride 100, g ~ 8) missed most of the weight
+        # tail and overstated the ESS: default flow seeds 0/1/2 0.331/0.360/0.353 there, 0.13/0.21/0.16
+        # here (README). Symmetry augmentation and the moving average of the parameters (decay 0.999)
+        # are on; float32 conditioners halve the training time. Training a trained flow on
+        # (--init-flow, without augmentation) overfit: training loss down, held-out ESS down.
         train_frames=10_000, eval_frames=10_000, target_frames=5_000, stride=100, train_stride=500, eval_stride=500,
         equilibration=10_000,
         timestep_fs=2.0, md_chunk=2_500, ladder_temperatures=0, ladder_samples=5_000,
