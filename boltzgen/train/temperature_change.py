@@ -239,13 +239,16 @@ def mixture_forward_works(
         batch_size: samples per pass.
     """
     flows = _flow_list(flows)
-    owner = torch.arange(x_base.shape[0], device=x_base.device) % len(flows)
-    y = torch.empty_like(x_base)
+    pushed, order = [], []
     for m, flow in enumerate(flows):
-        rows = (owner == m).nonzero().squeeze(-1)
+        rows = torch.arange(m, x_base.shape[0], len(flows), device=x_base.device)
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            y[chunk] = flow.forward(x_base[chunk])[0].to(y.dtype)
+            pushed.append(flow.forward(x_base[chunk])[0])
+            order.append(chunk)
+    if not pushed:
+        return torch.zeros(0, dtype=torch.float64)
+    y = torch.cat(pushed)[torch.argsort(torch.cat(order))]  # [N, D_out] in the order of x_base
     works = []
     for start in range(0, y.shape[0], batch_size):
         y_batch = y[start:start + batch_size]
