@@ -28,7 +28,7 @@ def test_smoke_run_writes_a_complete_summary_and_reuses_its_flow(tmp_path, capsy
         assert benchmark.main(["--smoke", "--work-dir", str(tmp_path), "--md-workers", "1"]) == 0
         first = capsys.readouterr().out
         summary = json.loads((tmp_path / "rigid_ice.json").read_text())
-        assert "augmentation: 8 space-group operations" in first and "training:" in first
+        assert "space group: 8 operations" in first and "training:" in first
         for key in ("ess", "ess_last_parameters", "ess_train_frames", "ess_group_averaged", "df_lfep_kT",
                     "df_lfep_group_averaged_kT", "df_bar_kT", "df_mbar_kT"):
             assert math.isfinite(summary[key]), key

@@ -8,9 +8,9 @@ from boltzgen.train.temperature_change import (
     TemperatureChangeHistory,
     base_to_target_loss,
     forward_works,
-    reverse_works,
     mixture_forward_works,
     mixture_reverse_works,
+    reverse_works,
     train_temperature_change,
 )
 from boltzgen.train.trainer import Trainer, TrainerConfig, TrainingStage, TrainingState
@@ -30,9 +30,9 @@ __all__ = [
     "TemperatureChangeDiagnostics",
     "TemperatureChangeHistory",
     "base_to_target_loss",
+    "forward_works",
     "mixture_forward_works",
     "mixture_reverse_works",
-    "forward_works",
     "reverse_works",
     "train_temperature_change",
 ]

@@ -77,6 +77,14 @@ def _reduced_energy(target: ReducedEnergy, y: torch.Tensor) -> torch.Tensor:
     return u
 
 
+def _per_sample(values, n: int, name: str) -> torch.Tensor:
+    """``values`` as a flat tensor ``[n]`` (one per sample), or a ValueError naming ``name``."""
+    values = torch.as_tensor(values).reshape(-1)
+    if values.shape[0] != n:
+        raise ValueError(f"{name} has {values.shape[0]} entries for {n} samples")
+    return values
+
+
 def base_to_target_loss(
     flow: Flow,
     x_base: torch.Tensor,
@@ -114,9 +122,7 @@ def base_to_target_loss(
     """
     if x_base.dim() != 2:
         raise ValueError(f"x_base must be [B, D], got {list(x_base.shape)}")
-    u_base = torch.as_tensor(u_base, device=x_base.device).reshape(-1)
-    if u_base.shape[0] != x_base.shape[0]:
-        raise ValueError(f"u_base has {u_base.shape[0]} entries for {x_base.shape[0]} samples")
+    u_base = _per_sample(u_base, x_base.shape[0], "u_base").to(x_base.device)
     y, logdet = flow(x_base, context=context)
     u_target = _reduced_energy(target, y)
     u_base = u_base.to(u_target.dtype).detach()
@@ -239,21 +245,17 @@ def mixture_forward_works(
         batch_size: samples per pass.
     """
     flows = _flow_list(flows)
-    pushed, order = [], []
+    works, order = [], []
     for m, flow in enumerate(flows):
         rows = torch.arange(m, x_base.shape[0], len(flows), device=x_base.device)
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            pushed.append(flow.forward(x_base[chunk])[0])
-            order.append(chunk)
-    if not pushed:
+            y = flow.forward(x_base[chunk])[0]
+            works.append(_mixture_work(flows, y, _reduced_energy(target, y), base, group))
+            order.append(chunk.cpu())
+    if not works:
         return torch.zeros(0, dtype=torch.float64)
-    y = torch.cat(pushed)[torch.argsort(torch.cat(order))]  # [N, D_out] in the order of x_base
-    works = []
-    for start in range(0, y.shape[0], batch_size):
-        y_batch = y[start:start + batch_size]
-        works.append(_mixture_work(flows, y_batch, _reduced_energy(target, y_batch), base, group))
-    return torch.cat(works) if works else torch.zeros(0, dtype=torch.float64)
+    return torch.cat(works)[torch.argsort(torch.cat(order))]  # in the order of x_base
 
 
 @torch.no_grad()
@@ -269,9 +271,7 @@ def mixture_reverse_works(
     :func:`mixture_forward_works` for target samples ``y_target [N, D_out]`` with reduced target
     energies ``u_target [N]``; with :func:`mixture_forward_works` they feed BAR."""
     flows = _flow_list(flows)
-    u_target = torch.as_tensor(u_target).reshape(-1)
-    if u_target.shape[0] != y_target.shape[0]:
-        raise ValueError(f"u_target has {u_target.shape[0]} entries for {y_target.shape[0]} samples")
+    u_target = _per_sample(u_target, y_target.shape[0], "u_target")
     works = []
     for start in range(0, y_target.shape[0], batch_size):
         stop = start + batch_size
@@ -301,9 +301,7 @@ def _works(transport, x: torch.Tensor, u_start, end_energy, batch_size: int,
            context: Optional[torch.Tensor], name: str) -> torch.Tensor:
     """``u_end(T(x)) - u_start(x) - log|det J_T(x)|`` ``[N]`` float64 for ``transport`` T (the flow
     or its inverse), in batches; +inf where an evaluation failed."""
-    u_start = torch.as_tensor(u_start).reshape(-1)
-    if u_start.shape[0] != x.shape[0]:
-        raise ValueError(f"{name} has {u_start.shape[0]} entries for {x.shape[0]} samples")
+    u_start = _per_sample(u_start, x.shape[0], name)
     out = []
     for start in range(0, x.shape[0], batch_size):
         stop = start + batch_size
